@@ -32,7 +32,7 @@ from typing import Any
 import pluggy
 
 from arlkit import hookspecs
-from arlkit.errors import DuplicateComponentError, PluginError
+from arlkit.errors import DuplicateComponentError, PluginError, closest
 from arlkit.registry import Registrar, Registries, default_registries
 
 __all__ = [
@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "arlkit.conditioners.plugin",
     "arlkit.ops.plugin",
     "arlkit.models.plugin",
+    "arlkit.models.heads_plugin",
     "arlkit.losses.plugin",
     "arlkit.balancers.plugin",
     "arlkit.data.plugin",
@@ -189,11 +190,16 @@ class PluginHost:
         except (pluggy.PluginValidationError, ValueError) as exc:
             return self._fail(info, f"does not match arlkit's hook specifications: {exc}")
         info.hooks = sorted(
-            impl_name
-            for impl_name in dir(self.pm.hook)
-            if impl_name.startswith("arlkit_")
-            and any(i.plugin_name == name for i in getattr(self.pm.hook, impl_name).get_hookimpls())
+            hook
+            for hook, caller in vars(self.pm.hook).items()
+            if any(i.plugin_name == name for i in caller.get_hookimpls())
         )
+        unknown = [hook for hook in info.hooks if getattr(self.pm.hook, hook).spec is None]
+        if unknown:
+            known = sorted(h for h, c in vars(self.pm.hook).items() if c.spec is not None)
+            hints = [f"{h} (did you mean {closest(h, known)}?)" if closest(h, known) else h
+                     for h in unknown]
+            return self._fail(info, f"implements unknown hook(s): {', '.join(hints)}")
         self.plugins[name] = info
         self._run_registrations(info)
         return info
@@ -234,7 +240,7 @@ class PluginHost:
         info.error = str(PluginError(info.name, info.dist, reason))
         info.registered = {}
         self.plugins[info.name] = info
-        if self.pm.is_registered(self.pm.get_plugin(info.name)) and info.source != "builtin":
+        if self.pm.get_plugin(info.name) is not None:
             self.pm.unregister(name=info.name)
         for kind in self.registries:
             self.registries[kind].notes.append(

@@ -45,7 +45,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "offset_nets": ("dim", "num_points"),
     "losses": (),
     "balancers": (),
-    "backbones": ("taxonomy",),
+    "backbones": ("taxonomy", "conditioner", "deform_op", "offset_net"),
     "heads": ("in_dim",),
     "datasets": ("taxonomy",),
     "transforms": (),

@@ -71,6 +71,7 @@ def format_path(loc: Iterable[str | int]) -> str:
     return out
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -102,6 +103,8 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ValueError(f"value is not valid YAML: {exc}") from None
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 as a string; users mean a number
     return tokens, value
 
 

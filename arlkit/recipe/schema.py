@@ -124,30 +124,30 @@ class TaxonomyConfig(_Strict):
 
 class ModelConfig(_Strict):
     backbone: BackboneSpec = Field(
-        default_factory=lambda: BackboneSpec(name="avit"),
+        default_factory=lambda: {"name": "avit"},
         description="the encoder",
     )
     conditioner: ConditionerSpec = Field(
-        default_factory=lambda: ConditionerSpec(name="onehot"),
+        default_factory=lambda: {"name": "onehot"},
         description="organ label → anatomical context vector, one per block",
     )
     deform_op: DeformOpSpec = Field(
-        default_factory=lambda: DeformOpSpec(name="reference"),
+        default_factory=lambda: {"name": "reference"},
         description="deformable sampling operator of the ACDT blocks",
     )
     offset_net: OffsetNetSpec = Field(
-        default_factory=lambda: OffsetNetSpec(name="dwconv"),
+        default_factory=lambda: {"name": "dwconv"},
         description="offset network g_theta of the ACDT blocks",
     )
 
 
 class DataConfig(_Strict):
     dataset: DatasetSpec = Field(
-        default_factory=lambda: DatasetSpec(name="synthetic"),
+        default_factory=lambda: {"name": "synthetic"},
         description="training images (default: the embedded synthetic corpus)",
     )
     views: TransformSpec = Field(
-        default_factory=lambda: TransformSpec(name="multicrop"),
+        default_factory=lambda: {"name": "multicrop"},
         description="views per image (global crops for MIM, plus local crops for distillation)",
     )
     batch_size: int = Field(64, gt=0, description="images per optimizer step, all processes")
@@ -191,15 +191,15 @@ class Recipe(_Strict):
     name: str = Field("recipe", description="run name")
     seed: int = 0
     run_dir: str = Field("runs/{name}", description="where outputs go; {name} is substituted")
-    taxonomy: TaxonomyConfig = Field(default_factory=TaxonomyConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    taxonomy: TaxonomyConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=dict)  # type: ignore[arg-type]
     objectives: list[ObjectiveSpec] = Field(
         default_factory=list, description="what is trained; at least one", min_length=1
     )
-    balancer: BalancerSpec = Field(default_factory=lambda: BalancerSpec(name="fixed"))
-    data: DataConfig = Field(default_factory=DataConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    balancer: BalancerSpec = Field(default_factory=lambda: {"name": "fixed"})
+    data: DataConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    optim: OptimConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    train: TrainConfig = Field(default_factory=dict)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _unique_objectives(self) -> Recipe:

@@ -1,0 +1,165 @@
+"""Core commands: ``run``, ``validate``, ``list``, ``plugins``, ``schema``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from typing import Any
+
+from arlkit.cli.output import console
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="train from a recipe")
+    run.add_argument("recipe", help="recipe YAML (local path or fsspec URL)")
+    run.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="recipe overrides")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="PATH",
+        help="resume from the latest checkpoint of the run directory, or from PATH",
+    )
+    run.add_argument("--dry-run", action="store_true", help="validate and build, do not train")
+    run.set_defaults(handler=_run)
+
+    val = sub.add_parser("validate", help="check a recipe without running it")
+    val.add_argument("recipe")
+    val.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE")
+    val.add_argument("--show", action="store_true", help="print the resolved recipe")
+    val.set_defaults(handler=_validate)
+
+    lst = sub.add_parser("list", help="registered components with their provider and parameters")
+    lst.add_argument("kind", nargs="?", help="a registry kind (default: all)")
+    lst.add_argument("--pattern", default="*", help="shell-style filter on names")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(handler=_list)
+
+    plg = sub.add_parser("plugins", help="loaded plugins: name, version, hooks, status")
+    plg.add_argument("--json", action="store_true")
+    plg.set_defaults(handler=_plugins)
+
+    sch = sub.add_parser("schema", help="JSON Schema of recipes (for editors)")
+    sch.add_argument("--out", help="write to this file instead of stdout")
+    sch.set_defaults(handler=_schema)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from arlkit.recipe import dump_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.show:
+        console().print(dump_recipe(recipe), markup=False)
+    console().print(
+        f"{args.recipe}: valid ({len(recipe.objectives)} objective(s): "
+        f"{', '.join(o.name for o in recipe.objectives)}; run dir {recipe.resolved_run_dir()})",
+        markup=False,
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from arlkit.engine.run import run_recipe
+
+    return run_recipe(args.recipe, args.overrides, resume=args.resume, dry_run=args.dry_run)
+
+
+def _type_text(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _params_text(entry: Any) -> str:
+    parts = []
+    for name, field in entry.params.model_fields.items():
+        annotation = _type_text(field.annotation)
+        default = "required" if field.is_required() else repr(field.default)
+        parts.append(f"{name}: {annotation} = {default}")
+    return ", ".join(parts)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from arlkit.registry import default_registries as registries
+
+    kinds = [args.kind] if args.kind else list(registries)
+    for kind in kinds:
+        registries[kind]  # unknown kind → UnknownComponentError with suggestions
+    rows = [
+        {
+            "kind": kind,
+            "name": entry.name,
+            "provider": entry.provider,
+            "params": _params_text(entry),
+            "summary": entry.summary,
+        }
+        for kind in kinds
+        for entry in registries[kind].entries()
+        if entry.name in registries[kind].names(args.pattern)
+    ]
+    if args.json:
+        console().print_json(json.dumps(rows))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="arlkit components", show_lines=False)
+    for column in ("kind", "name", "provider", "params", "summary"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in ("kind", "name", "provider", "params", "summary")))
+    console().print(table)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from arlkit import plugins
+
+    host = plugins.load()
+    infos = list(host.plugins.values())
+    if args.json:
+        console().print_json(
+            json.dumps(
+                [
+                    {
+                        "name": p.name,
+                        "distribution": p.dist,
+                        "version": p.version,
+                        "source": p.source,
+                        "status": p.status,
+                        "hooks": p.hooks,
+                        "registered": p.registered,
+                        "error": p.error,
+                    }
+                    for p in infos
+                ]
+            )
+        )
+        return 0
+    from rich.table import Table
+
+    table = Table(title="arlkit plugins")
+    for column in ("name", "distribution", "version", "source", "status", "hooks", "registered"):
+        table.add_column(column, overflow="fold")
+    for p in infos:
+        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
+        hooks = ", ".join(h.removeprefix("arlkit_") for h in p.hooks)
+        table.add_row(p.name, p.dist, p.version, p.source, p.status, hooks, p.error or registered)
+    console().print(table)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from arlkit.recipe import Recipe
+
+    text = json.dumps(Recipe.model_json_schema(), indent=2)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        console().print(f"wrote {args.out}", markup=False)
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,120 @@
+"""The command line through its installed entry point, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ARLKIT = shutil.which("arlkit") or os.path.join(os.path.dirname(sys.executable), "arlkit")
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [ARLKIT, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
+    )
+
+
+def test_version_and_help():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("arlkit ")
+    out = run()
+    assert out.returncode == 2 and "validate" in out.stdout
+
+
+def test_validate_reports_all_errors_without_traceback(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("objectives: [{name: no_such_objective}]\noptim: {lrr: 1}\n")
+    out = run("validate", str(recipe), "train.steps=abc")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0] == f"error: recipe {recipe} is invalid (3 problems):"
+    assert f"{recipe}: objectives[0].name: unknown objective 'no_such_objective'" in lines[1]
+    assert f"{recipe}: optim.lrr: unknown key 'lrr'; did you mean 'lr'?" in out.stderr
+    assert f"{recipe}: train.steps: Input should be a valid integer" in out.stderr
+
+
+def test_validate_missing_file_is_exit_2(tmp_path):
+    out = run("validate", str(tmp_path / "none.yaml"))
+    assert out.returncode == 2 and "file not found" in out.stderr
+
+
+def test_argparse_usage_error_is_exit_2():
+    out = run("list", "--no-such-flag")
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+
+
+def test_list_unknown_kind_suggests():
+    out = run("list", "conditionerz")
+    assert out.returncode == 2
+    assert "did you mean 'conditioners'?" in out.stderr
+
+
+def test_schema_is_json_schema(tmp_path):
+    out = run("schema")
+    assert out.returncode == 0
+    schema = json.loads(out.stdout)
+    assert schema["additionalProperties"] is False
+    assert {"objectives", "model", "data", "optim", "train"} <= set(schema["properties"])
+    target = tmp_path / "s.json"
+    assert run("schema", "--out", str(target)).returncode == 0
+    assert json.loads(target.read_text()) == schema
+
+
+@pytest.fixture()
+def broken_plugin_path(tmp_path):
+    """A distribution whose ``arlkit`` entry point raises on import."""
+    (tmp_path / "broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    dist = tmp_path / "brokenplug-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text("[arlkit]\nbroken = broken_mod\n")
+    return str(tmp_path)
+
+
+def test_plugin_failing_at_import_is_reported_and_can_be_disabled(broken_plugin_path):
+    env = {"PYTHONPATH": broken_plugin_path}
+    out = run("plugins", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["distribution"] == "brokenplug"
+    assert "boom at import" in rows["broken"]["error"]
+    assert "plugin 'broken' (distribution brokenplug)" in out.stderr  # the warning
+    assert rows["arlkit.losses.plugin"]["status"] == "loaded"  # the others still load
+    out = run("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "broken"})
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["broken"]["status"] == "disabled" and "boom" not in out.stderr
+    out = run("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "all"})
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["broken"]["status"] == "disabled" and rows["probe"]["status"] == "disabled"
+
+
+def test_probe_plugin_is_discovered_and_usable_in_a_recipe(tmp_path):
+    out = run("list", "conditioners", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["probe"]["provider"] == "probe"
+    assert "max_depth_cm" in rows["probe"]["params"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        textwrap.dedent(
+            """
+            model:
+              conditioner: {name: probe, params: {max_depth_cm: -1, probez: 1}}
+            objectives: [{name: nope}]
+            """
+        )
+    )
+    out = run("validate", str(recipe))
+    assert out.returncode == 2
+    assert "model.conditioner.params.probez: unknown key 'probez'; did you mean 'probes'?" in (
+        out.stderr
+    )

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import importlib.metadata as md
+
+import pytest
+import torch
+
+from arlkit.errors import ConfigError
+from arlkit.taxonomy import Taxonomy
+
+arlkit_probe = pytest.importorskip(
+    "arlkit_probe", reason="install the plugin: pip install -e plugins/arlkit-probe"
+)
+
+
+def test_entry_point_is_declared():
+    eps = {ep.name: ep for ep in md.entry_points(group="arlkit")}
+    assert eps["probe"].value == "arlkit_probe.plugin"
+    assert eps["probe"].dist.name == "arlkit-probe"
+
+
+def test_registered_through_default_registries():
+    from arlkit.registry import default_registries
+
+    entry = default_registries.conditioners.get("probe")
+    assert entry.provider == "probe"
+    cond = entry.build({"max_depth_cm": 20.0}, dim=8, taxonomy=Taxonomy())
+    assert isinstance(cond, arlkit_probe.ProbeConditioner)
+
+
+def test_output_depends_on_organ_probe_and_depth():
+    torch.manual_seed(0)
+    tax = Taxonomy()
+    cond = arlkit_probe.ProbeConditioner(dim=8, taxonomy=tax)
+    torch.nn.init.normal_(cond.probe_embed.weight)
+    torch.nn.init.normal_(cond.depth_proj.weight)
+    organ = torch.tensor([0, 0, 11])
+    base = cond(organ, 3)
+    assert base.shape == (3, 8)
+    assert torch.allclose(base[0], base[1]) and not torch.allclose(base[0], base[2])
+    with_probe = cond({"organ": organ, "probe": torch.tensor([0, 2, 3])}, 3)
+    assert not torch.allclose(with_probe[0], with_probe[1])
+    depth = torch.tensor([4.0, 16.0, float("nan")])
+    with_depth = cond({"organ": organ, "depth_cm": depth}, 3)
+    assert not torch.allclose(with_depth[0], with_depth[1])
+    assert torch.allclose(with_depth[2], base[2])  # NaN depth = not recorded = no change
+
+
+def test_unknown_organ_is_zero_onehot_and_soft_labels_match_hard():
+    tax = Taxonomy()
+    cond = arlkit_probe.ProbeConditioner(dim=4, taxonomy=tax)
+    unknown = cond(torch.tensor([tax.unknown_index]), 1)
+    assert torch.allclose(unknown, cond(None, 1))
+    assert torch.allclose(unknown[0], cond.organ_proj.bias)
+    soft = torch.nn.functional.one_hot(torch.tensor([3]), tax.num_classes).float()
+    assert torch.allclose(cond(soft, 1), cond(torch.tensor([3]), 1))
+
+
+def test_bad_inputs_raise():
+    cond = arlkit_probe.ProbeConditioner(dim=4, taxonomy=Taxonomy())
+    with pytest.raises(ConfigError, match="probe index outside"):
+        cond({"probe": torch.tensor([7])}, 1)
+    with pytest.raises(ConfigError, match="max_depth_cm must be > 0"):
+        arlkit_probe.ProbeConditioner(dim=4, taxonomy=Taxonomy(), max_depth_cm=0)
