@@ -6,5 +6,14 @@ first use (see :mod:`arlkit.plugins`).
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_backbone"]
+
+
+def load_backbone(path: str, map_location: Any = "cpu") -> Any:
+    """Rebuild an exported backbone (``arlkit export``) with its weights, in eval mode."""
+    from arlkit.engine.export import load_backbone as _load
+
+    return _load(path, map_location)

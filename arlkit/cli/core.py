@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     plg.add_argument("--json", action="store_true")
     plg.set_defaults(handler=_plugins)
 
+    exp = sub.add_parser("export", help="export a run's backbone to one safetensors file")
+    exp.add_argument("run_dir", help="a run directory (uses its latest checkpoint)")
+    exp.add_argument("--out", required=True, help="output .safetensors path (or fsspec URL)")
+    exp.add_argument("--student", action="store_true", help="export the student, not the teacher")
+    exp.add_argument("--checkpoint", help="a specific checkpoint directory of the run")
+    exp.set_defaults(handler=_export)
+
     sch = sub.add_parser("schema", help="JSON Schema of recipes (for editors)")
     sch.add_argument("--out", help="write to this file instead of stdout")
     sch.set_defaults(handler=_schema)
@@ -72,6 +79,14 @@ def _type_text(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from arlkit.engine.export import export_from_run
+
+    path, which, step = export_from_run(args.run_dir, args.out, args.student, args.checkpoint)
+    console().print(f"exported the {which} backbone of step {step} to {path}", markup=False)
+    return 0
 
 
 def _params_text(entry: Any) -> str:

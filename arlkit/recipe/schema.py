@@ -30,6 +30,7 @@ __all__ = [
     "ParamsError",
     "Recipe",
     "TaxonomyConfig",
+    "TeacherConfig",
     "TrainConfig",
     "TransformSpec",
 ]
@@ -169,9 +170,15 @@ class OptimConfig(_Strict):
     disc_lr: float = Field(1e-4, gt=0, description="learning rate of the discriminator")
 
 
+class TeacherConfig(_Strict):
+    """EMA teacher (kept when an objective needs one, e.g. self-distillation)."""
+
+    momentum: float = Field(0.996, ge=0.0, le=1.0, description="EMA momentum at step 0")
+    momentum_end: float = Field(1.0, ge=0.0, le=1.0, description="EMA momentum at the end (cosine)")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(1000, gt=0, description="optimizer steps")
-    steps_per_epoch: int = Field(100, gt=0, description="steps per epoch (streaming datasets)")
     precision: Literal["fp32", "bf16"] = "bf16"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -199,6 +206,7 @@ class Recipe(_Strict):
     balancer: BalancerSpec = Field(default_factory=lambda: {"name": "fixed"})
     data: DataConfig = Field(default_factory=dict)  # type: ignore[arg-type]
     optim: OptimConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    teacher: TeacherConfig = Field(default_factory=dict)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=dict)  # type: ignore[arg-type]
 
     @model_validator(mode="after")

@@ -77,7 +77,7 @@ def test_every_error_is_reported_together_with_paths_and_suggestions(tmp_path, r
             "warmup_steps, weight_decay, weight_decay_end, betas, grad_clip, accum_steps, "
             "disc_lr)",
             f"  {path}: trian: unknown key 'trian'; did you mean 'train'? (allowed: name, seed, "
-            "run_dir, taxonomy, model, objectives, balancer, data, optim, train)",
+            "run_dir, taxonomy, model, objectives, balancer, data, optim, teacher, train)",
         ]
     )
     assert info.value.exit_code == 2

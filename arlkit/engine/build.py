@@ -1,0 +1,108 @@
+"""Assemble everything a run needs from a validated recipe (no side effects beyond memory)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from arlkit.engine.export import backbone_config, build_backbone
+from arlkit.engine.objectives import Objective, ObjectiveContext
+from arlkit.errors import ConfigError
+from arlkit.recipe import Recipe
+from arlkit.registry import Registries, default_registries
+
+__all__ = ["Components", "Student", "build_components"]
+
+
+class Student(nn.Module):
+    """The trained network: the backbone plus every objective's heads.
+
+    ``forward(step, objectives)`` returns each objective's loss, so the whole student
+    computation runs inside one (DDP-wrappable) forward call.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.ModuleDict]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, step: Any, objectives: list[Objective]) -> dict[str, torch.Tensor]:
+        return {obj.name: obj.loss(step, self) for obj in objectives}
+
+
+@dataclass
+class Components:
+    recipe: Recipe
+    taxonomy: Any
+    student: Student
+    teacher: Student | None
+    objectives: list[Objective]
+    balancer: Any
+    dataset: Any
+    views: Any
+    context: ObjectiveContext
+    config: dict[str, Any]
+
+
+def _views_layout(views: Any, patch_size: int) -> tuple[int, int, int]:
+    """(n_global, n_local, global_size) of a views transform."""
+    n_global = int(getattr(views, "n_global", 1))
+    n_local = int(getattr(views, "n_local", 0))
+    size = int(getattr(views, "global_size"))
+    if size % patch_size:
+        raise ConfigError(
+            f"data.views: global_size {size} is not a multiple of the patch size {patch_size}"
+        )
+    return n_global, n_local, size
+
+
+def build_components(recipe: Recipe, registries: Registries | None = None) -> Components:
+    """Build backbone, objectives, teacher, balancer, dataset and views of ``recipe``."""
+    registries = registries or default_registries
+    taxonomy = recipe.taxonomy.build()
+    config = backbone_config(recipe)
+    backbone = build_backbone(config, registries)
+    dataset = registries.datasets.build(
+        recipe.data.dataset.name, recipe.data.dataset.params, taxonomy=taxonomy
+    )
+    views = registries.transforms.build(recipe.data.views.name, recipe.data.views.params)
+    patch = int(backbone.patch_size)
+    n_global, n_local, size = _views_layout(views, patch)
+    names = tuple(o.name for o in recipe.objectives)
+    context = ObjectiveContext(
+        embed_dim=int(backbone.embed_dim),
+        patch_size=patch,
+        in_chans=int(getattr(backbone, "in_chans", 1)),
+        num_prefix_tokens=int(getattr(backbone, "num_prefix_tokens", 1)),
+        sparse_encoder=getattr(backbone, "mask_mode", "token") == "drop",
+        grid=(size // patch, size // patch),
+        n_global=n_global,
+        n_local=n_local,
+        total_steps=recipe.train.steps,
+        steps_per_epoch=max(len(dataset) // recipe.data.batch_size, 1),
+        objectives=names,
+    )
+    objectives: list[Objective] = []
+    for spec in recipe.objectives:
+        obj = registries.objectives.build(spec.name, spec.params, context=context)
+        if not isinstance(obj, Objective):
+            raise ConfigError(
+                f"objective {spec.name!r} built a {type(obj).__name__}, not an "
+                "arlkit.engine.objectives.Objective"
+            )
+        obj.name, obj.weight = spec.name, spec.weight
+        objectives.append(obj)
+    masks = [o.name for o in objectives if type(o).make_mask is not Objective.make_mask]
+    if len(masks) > 1:
+        raise ConfigError(f"objectives {', '.join(masks)} both define the MIM mask; keep one")
+    student = Student(backbone, {o.name: o.build_heads() for o in objectives})
+    teacher = None
+    if any(o.needs_teacher for o in objectives):
+        teacher = copy.deepcopy(student).requires_grad_(False)
+    balancer = registries.balancers.build(recipe.balancer.name, recipe.balancer.params)
+    return Components(recipe, taxonomy, student, teacher, objectives, balancer, dataset,
+                      views, context, config)

@@ -1,0 +1,263 @@
+"""The paper's three objectives as engine objectives: ``mim``, ``speckle_gan``, ``self_distillation``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from arlkit.engine.objectives import Objective, ObjectiveContext
+from arlkit.engine.step import Step
+from arlkit.errors import ConfigError
+from arlkit.losses import MaskGenerator, SelfDistillationLoss, SpeckleGANLoss, mim_loss, patchify
+from arlkit.losses.adversarial import masked_patch_pairs
+from arlkit.models.decoders import MIMDecoder
+
+__all__ = ["MIMObjective", "SelfDistillationObjective", "SpeckleGANObjective"]
+
+
+class MIMObjective(Objective):
+    """Masked image modelling: MSE on the masked patches of the global views.
+
+    Args:
+        context: injected by the engine.
+        mask_ratio: fraction of patches masked per view.
+        mask_mode: ``block`` (BEiT/iBOT block-wise) or ``random`` (MAE).
+        norm_pix: per-patch normalised targets (MAE's ``norm_pix_loss``).
+        loss: ``l2`` (the paper's) or ``l1``.
+        decoder_depth: 0 = linear head (SimMIM); >0 = light transformer decoder (MAE).
+        decoder_dim: width of the transformer decoder.
+        decoder_heads: heads of the transformer decoder.
+    """
+
+    def __init__(
+        self,
+        context: ObjectiveContext,
+        mask_ratio: float = 0.6,
+        mask_mode: Literal["random", "block"] = "block",
+        norm_pix: bool = False,
+        loss: Literal["l2", "l1"] = "l2",
+        decoder_depth: int = 0,
+        decoder_dim: int = 256,
+        decoder_heads: int = 8,
+    ) -> None:
+        super().__init__(context)
+        self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode)
+        self.norm_pix, self.loss_kind = norm_pix, loss
+        self.decoder_args = dict(
+            in_dim=context.embed_dim,
+            patch_size=context.patch_size,
+            in_chans=context.in_chans,
+            dim=decoder_dim,
+            depth=decoder_depth,
+            num_heads=decoder_heads,
+            num_prefix_tokens=context.num_prefix_tokens,
+            sparse=context.sparse_encoder,
+        )
+
+    def build_heads(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"decoder": MIMDecoder(**self.decoder_args)})
+
+    def make_mask(self, batch_rows: int, generator: torch.Generator) -> Tensor:
+        return self.generator(batch_rows, generator=generator)
+
+    def loss(self, step: Step, student: nn.Module) -> Tensor:
+        if step.mask is None:
+            raise ConfigError("mim: the engine produced no mask")
+        tokens = step.student_global(student)
+        pred = student.heads[self.name]["decoder"](tokens, step.grid, step.mask)  # (R, N, P·P·C)
+        target = patchify(step.global_views, self.context.patch_size)  # (R, N, P·P·C)
+        step.cache["mim"] = (pred, target)
+        return mim_loss(pred.float(), target.float(), step.mask, self.norm_pix, self.loss_kind)
+
+    def balance_parameter(self, student: nn.Module) -> Tensor:
+        return student.heads[self.name]["decoder"].last_layer.weight
+
+
+class SpeckleGANObjective(Objective):
+    """Adversarial term ``-E[log D(x̂)]`` on reconstructed masked patches; trains ``D`` too.
+
+    Args:
+        context: injected by the engine.
+        start_step: the adversarial terms are zero before this step (warm-up).
+        disc_loss: ``bce`` (non-saturating) or ``hinge``.
+        r1_gamma: weight of the R1 penalty on real patches (0 = off).
+        disc_width: channels of the discriminator's first layer.
+        spectral_norm: spectral normalisation in the discriminator.
+        max_patches: masked patches per step shown to ``D`` (a random subset, for speed).
+        lr: discriminator learning rate (Adam, betas 0.5/0.9).
+    """
+
+    requires = ("mim",)
+
+    def __init__(
+        self,
+        context: ObjectiveContext,
+        start_step: int = 0,
+        disc_loss: Literal["bce", "hinge"] = "bce",
+        r1_gamma: float = 0.0,
+        disc_width: int = 64,
+        spectral_norm: bool = True,
+        max_patches: int = 256,
+        lr: float = 1e-4,
+    ) -> None:
+        super().__init__(context)
+        from arlkit.models.discriminator import PatchDiscriminator
+
+        self.criterion = SpeckleGANLoss(start_step, disc_loss, r1_gamma)
+        self.aux["discriminator"] = PatchDiscriminator(
+            in_chans=context.in_chans,
+            patch_size=context.patch_size,
+            width=disc_width,
+            spectral_norm=spectral_norm,
+        )
+        self.max_patches = max_patches
+        self.optimizer = torch.optim.Adam(
+            self.aux["discriminator"].parameters(), lr=lr, betas=(0.5, 0.9)
+        )
+
+    def _pairs(self, step: Step) -> tuple[Tensor, Tensor]:
+        pred, target = step.cache["mim"]
+        fake, real = masked_patch_pairs(pred, target, step.mask, self.context.patch_size)
+        if fake.shape[0] > self.max_patches:
+            # a fixed function of the step, so resumed and distributed runs pick the same
+            g = torch.Generator().manual_seed(1_000_003 * step.index + 17)
+            keep = torch.randperm(fake.shape[0], generator=g)[: self.max_patches].to(fake.device)
+            fake, real = fake[keep], real[keep]
+        return fake, real
+
+    def loss(self, step: Step, student: nn.Module) -> Tensor:
+        if not self.criterion.active(step.index):
+            return step.global_views.new_zeros(()).float()
+        fake, _ = self._pairs(step)
+        step.cache["speckle_gan"] = fake
+        disc = self.aux["discriminator"]
+        disc.requires_grad_(False)  # the generator step must not touch D's gradients
+        try:
+            logits = disc(fake)
+        finally:
+            disc.requires_grad_(True)
+        return self.criterion.generator_loss(logits.float(), step.index)
+
+    def auxiliary_step(self, step: Step, autocast: Any) -> dict[str, float]:
+        if not self.criterion.active(step.index) or "mim" not in step.cache:
+            return {}
+        fake, real = self._pairs(step)
+        disc = self.aux["discriminator"]
+        real = real.detach().requires_grad_(self.criterion.r1_gamma > 0)
+        with autocast:
+            real_logits = disc(real)
+            fake_logits = disc(fake.detach())
+        loss = self.criterion.discriminator_loss(
+            real_logits.float(), fake_logits.float(), step.index
+        )
+        if self.criterion.r1_gamma > 0:
+            loss = loss + self.criterion.r1_penalty(real_logits.float(), real)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _all_reduce_grads(disc)
+        self.optimizer.step()
+        return {"loss_disc": float(loss.detach())}
+
+    def aux_state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_aux_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SelfDistillationObjective(Objective):
+    """DINO-style self-distillation between the student and an EMA teacher.
+
+    The student sees the masked global views (shared pass with MIM) and the local
+    views; the teacher sees the unmasked global views.
+
+    Args:
+        context: injected by the engine.
+        out_dim: prototypes of the projection head.
+        hidden_dim, bottleneck_dim, nlayers: projection head shape.
+        norm_last_layer: weight-normalised last layer with fixed norm (DINO's default).
+        freeze_last_layer_steps: the last layer gets no update for this many steps.
+        teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: teacher sharpening.
+        student_temp: student temperature.
+        center_momentum: EMA momentum of the teacher center.
+    """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        context: ObjectiveContext,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+        freeze_last_layer_steps: int = 0,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__(context)
+        if context.n_global + context.n_local < 2:
+            raise ConfigError(
+                "self_distillation needs at least two views per image; use the multicrop views"
+            )
+        self.head_args = dict(
+            in_dim=context.embed_dim,
+            out_dim=out_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            nlayers=nlayers,
+            norm_last_layer=norm_last_layer,
+        )
+        self.freeze_last_layer_steps = freeze_last_layer_steps
+        self.aux["criterion"] = SelfDistillationLoss(
+            out_dim=out_dim,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+            warmup_teacher_temp_steps=warmup_teacher_temp_steps,
+            student_temp=student_temp,
+            center_momentum=center_momentum,
+            teacher_views=context.n_global,
+        )
+
+    def build_heads(self) -> nn.ModuleDict:
+        from arlkit.models.heads import DINOHead
+
+        return nn.ModuleDict({"head": DINOHead(**self.head_args)})
+
+    def teacher_forward(self, step: Step, teacher: nn.Module) -> None:
+        tokens = teacher.backbone.forward_features(step.global_views, step.organ_for(step.n_global))
+        step.teacher[self.name] = teacher.heads[self.name]["head"](tokens[:, 0])
+
+    def loss(self, step: Step, student: nn.Module) -> Tensor:
+        head = student.heads[self.name]["head"]
+        cls = [step.student_global(student)[:, 0]]
+        local = step.student_local(student)
+        if local is not None:
+            cls.append(local[:, 0])
+        student_out = head(torch.cat(cls))  # (V·B, D)
+        teacher_out = step.teacher[self.name]  # (V_g·B, D)
+        return self.aux["criterion"](student_out.float(), teacher_out.float(), step.index)
+
+    def after_backward(self, step: Step, student: nn.Module) -> None:
+        if step.index < self.freeze_last_layer_steps:
+            for name, param in student.heads[self.name]["head"].named_parameters():
+                if "last_layer" in name:
+                    param.grad = None
+
+
+def _all_reduce_grads(module: nn.Module) -> None:
+    """Average gradients over processes (the discriminator is not wrapped in DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= dist.get_world_size()

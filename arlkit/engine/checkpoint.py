@@ -1,0 +1,198 @@
+"""Checkpoints: weights in safetensors, the rest in a ``weights_only``-loadable file.
+
+Layout of a run directory::
+
+    checkpoints/step-00000020/model.safetensors   student.*, teacher.*, aux.<objective>.*
+    checkpoints/step-00000020/state.pt            optimizers, step, RNG states, sampler, ...
+    checkpoints/step-00000020/COMPLETE            written last
+
+A checkpoint is written into ``step-XXXXXXXX.tmp`` and renamed when complete (local
+directories), or written in place with the ``COMPLETE`` marker last (remote fsspec
+directories, where renames are not atomic). Readers only trust directories with the
+marker, so a run killed while writing never leaves a checkpoint that looks valid.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import shutil
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+__all__ = [
+    "capture_rng",
+    "find_latest",
+    "list_checkpoints",
+    "read_checkpoint",
+    "restore_rng",
+    "write_checkpoint",
+]
+
+_NAME = re.compile(r"^step-(\d{8})$")
+MARKER = "COMPLETE"
+
+
+def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(path)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _flat_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, seen = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().to("cpu").contiguous()
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset())
+        if value.numel() and ptr in seen:  # safetensors refuses shared storage
+            value = value.clone()
+        seen.add(ptr)
+        out[key] = value
+    return out
+
+
+def capture_rng() -> dict[str, Any]:
+    """RNG states of python, numpy, torch and CUDA as plain types and tensors."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+         npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints of a run directory, oldest first."""
+    fs, root = _fs(run_dir)
+    base = f"{root.rstrip('/')}/checkpoints"
+    if not fs.exists(base):
+        return []
+    found = []
+    for entry in fs.ls(base, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if _NAME.match(name) and fs.exists(f"{entry}/{MARKER}"):
+            found.append((int(_NAME.match(name).group(1)), entry))
+    return [_url(fs, path) for _, path in sorted(found)]
+
+
+def find_latest(run_dir: str) -> str | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def write_checkpoint(
+    run_dir: str,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+    keep_last: int = 2,
+) -> str:
+    """Write a checkpoint atomically and delete all but the newest ``keep_last``.
+
+    Returns:
+        the checkpoint directory.
+    """
+    fs, root = _fs(run_dir)
+    base = f"{root.rstrip('/')}/checkpoints"
+    final = f"{base}/step-{step:08d}"
+    weights = st_save(_flat_tensors(tensors), metadata=metadata or {})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    if _is_local(fs):
+        tmp = f"{final}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name, data in (("model.safetensors", weights), ("state.pt", buffer.getvalue()),
+                           (MARKER, b"")):
+            with open(os.path.join(tmp, name), "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    else:
+        fs.makedirs(final, exist_ok=True)
+        if fs.exists(f"{final}/{MARKER}"):
+            fs.rm(f"{final}/{MARKER}")
+        fs.pipe_file(f"{final}/model.safetensors", weights)
+        fs.pipe_file(f"{final}/state.pt", buffer.getvalue())
+        fs.pipe_file(f"{final}/{MARKER}", b"")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        ofs, opath = _fs(old)
+        ofs.rm(opath, recursive=True)
+    if _is_local(fs):  # leftovers of a run killed while writing
+        for entry in os.listdir(base):
+            if entry.endswith(".tmp"):
+                shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+    return _url(fs, final)
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """Weights, state (``torch.load(weights_only=True)``) and safetensors metadata."""
+    from arlkit.errors import ArlkitError
+
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{MARKER}"):
+        raise ArlkitError(
+            f"{path}: not a complete arlkit checkpoint (no {MARKER} marker); "
+            "use a checkpoints/step-XXXXXXXX directory of a run"
+        )
+    with fs.open(f"{root}/model.safetensors", "rb") as handle:
+        raw = handle.read()
+    tensors = st_load(raw)
+    metadata = _safetensors_metadata(raw)
+    with fs.open(f"{root}/state.pt", "rb") as handle:
+        state = torch.load(io.BytesIO(handle.read()), weights_only=True, map_location="cpu")
+    return tensors, state, metadata
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    import json
+    import struct
+
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    return dict(header.get("__metadata__", {}))

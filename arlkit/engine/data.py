@@ -1,0 +1,183 @@
+"""The engine's data plumbing: global batches split over processes, exactly resumable.
+
+Step ``s`` of an epoch trains on positions ``[s·B, (s+1)·B)`` of that epoch's sampler
+order (``B`` = global batch). Process ``r`` of ``W`` takes positions ``r, r+W, ...`` of
+the global batch, split into micro-batches for gradient accumulation. The data order
+is therefore a function of (seed, step) alone: resuming — even on a different number
+of processes — continues the same sequence, and ``W`` processes see exactly the
+global batch one process would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from arlkit.errors import ConfigError
+
+__all__ = [
+    "BatchPlan",
+    "StepBatchSampler",
+    "ViewsDataset",
+    "collate_views",
+    "make_loader",
+    "seed_for",
+]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is split.
+
+    Attributes:
+        global_batch: images per optimizer step over all processes.
+        world_size, rank: process layout.
+        accum_steps: micro-batches per optimizer step and process.
+        dataset_len: samples per epoch.
+    """
+
+    global_batch: int
+    world_size: int
+    rank: int
+    accum_steps: int
+    dataset_len: int
+
+    def __post_init__(self) -> None:
+        per_rank, rem = divmod(self.global_batch, self.world_size)
+        if rem:
+            raise ConfigError(
+                f"data.batch_size={self.global_batch} is not divisible by the {self.world_size} "
+                "processes; choose a multiple"
+            )
+        if per_rank % self.accum_steps:
+            raise ConfigError(
+                f"the per-process batch {per_rank} is not divisible by "
+                f"optim.accum_steps={self.accum_steps}"
+            )
+        if self.dataset_len < self.global_batch:
+            raise ConfigError(
+                f"the dataset has {self.dataset_len} samples, fewer than one batch "
+                f"(data.batch_size={self.global_batch})"
+            )
+
+    @property
+    def micro_batch(self) -> int:
+        return self.global_batch // self.world_size // self.accum_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.dataset_len // self.global_batch
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def micro_positions(self, micro: int) -> list[int]:
+        """Positions within the global batch of this process's micro-batch ``micro``."""
+        mine = list(range(self.rank, self.global_batch, self.world_size))
+        return mine[micro * self.micro_batch : (micro + 1) * self.micro_batch]
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Yields this process's micro-batches as ``(dataset_index, position, epoch)`` keys.
+
+    Args:
+        order: ``order(epoch)`` → the epoch's dataset indices (one process's view of the
+            sampler, e.g. an organ-balanced sampler with one replica).
+        plan: batch layout.
+        start_step: first optimizer step to produce (resume).
+        total_steps: last step (exclusive).
+    """
+
+    def __init__(
+        self,
+        order: Callable[[int], Sequence[int]],
+        plan: BatchPlan,
+        start_step: int,
+        total_steps: int,
+    ) -> None:
+        self.order, self.plan = order, plan
+        self.start_step, self.total_steps = start_step, total_steps
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.plan.accum_steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        plan = self.plan
+        cached_epoch, indices = -1, None
+        for step in range(self.start_step, self.total_steps):
+            epoch = plan.epoch_of(step)
+            if epoch != cached_epoch:
+                indices, cached_epoch = list(self.order(epoch)), epoch
+            offset = (step - epoch * plan.steps_per_epoch) * plan.global_batch
+            for micro in range(plan.accum_steps):
+                yield [(int(indices[offset + p]), p, epoch) for p in plan.micro_positions(micro)]
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix-style), stable across processes."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value ^= (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)) & ((1 << 64) - 1)
+        value = (value * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        value ^= value >> 31
+    return value & ((1 << 63) - 1)
+
+
+class ViewsDataset(Dataset):
+    """Applies the views transform with a generator seeded by ``(seed, epoch, index)``, so a
+    sample's crops are the same whichever process or worker makes them, and on resume.
+
+    Keys are ``(index, position, epoch)`` from :class:`StepBatchSampler`; samples are
+    tagged with their position in the global batch.
+    """
+
+    def __init__(self, dataset: Any, views: Any, seed: int) -> None:
+        self.dataset, self.views, self.seed = dataset, views, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        index, pos, epoch = key
+        sample = dict(self.dataset[index])
+        if sample.get("valid", True):
+            generator = torch.Generator().manual_seed(seed_for(self.seed, epoch, index))
+            sample = dict(self.views(sample, generator=generator))
+        sample["_pos"] = pos
+        return sample
+
+
+def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack views of the valid samples; invalid ones (unreadable files) are dropped and
+    reported in ``bad_files`` as ``(id, reason)`` — never replaced by another sample."""
+    good = [s for s in samples if s.get("valid", True)]
+    bad = [(str(s.get("id", "?")), str(s.get("error", "unreadable"))) for s in samples
+           if not s.get("valid", True)]
+    batch: dict[str, Any] = {"bad_files": bad, "n": len(good)}
+    if not good:
+        return batch
+    batch["global"] = torch.stack([s["global"] for s in good])  # (b, V_g, C, S, S)
+    local = [s.get("local") for s in good]
+    if local[0] is not None and local[0].shape[0] > 0:
+        batch["local"] = torch.stack(local)  # (b, V_l, C, s, s)
+    batch["organ"] = torch.tensor([int(s["organ"]) for s in good], dtype=torch.long)
+    batch["pos"] = torch.tensor([int(s["_pos"]) for s in good], dtype=torch.long)
+    return batch
+
+
+def make_loader(
+    dataset: ViewsDataset, sampler: StepBatchSampler, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_views,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,139 @@
+"""Exported backbones: one safetensors file with the model configuration in its metadata.
+
+``arlkit export RUN_DIR --out backbone.safetensors`` writes the teacher's backbone
+(the student's with ``--student``); :func:`load_backbone` rebuilds the model from the
+embedded configuration, and timm loads the same file through
+``timm.create_model("avit_base_patch16_224", pretrained=True,
+pretrained_cfg_overlay=dict(file=path))`` because the tensor names are the model's own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fsspec
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from arlkit.errors import ArlkitError
+from arlkit.taxonomy import Taxonomy
+
+__all__ = ["export_from_run", "backbone_config", "build_backbone", "export_backbone", "load_backbone", "read_export"]
+
+FORMAT = "arlkit-backbone/1"
+
+
+def backbone_config(recipe: Any) -> dict[str, Any]:
+    """The part of a recipe needed to rebuild its backbone (JSON-serialisable)."""
+    model = recipe.model
+    return {
+        "backbone": {"name": model.backbone.name, "params": model.backbone.params},
+        "conditioner": {"name": model.conditioner.name, "params": model.conditioner.params},
+        "deform_op": {"name": model.deform_op.name, "params": model.deform_op.params},
+        "offset_net": {"name": model.offset_net.name, "params": model.offset_net.params},
+        "taxonomy": list(recipe.taxonomy.organs),
+    }
+
+
+def build_backbone(config: dict[str, Any], registries: Any = None) -> nn.Module:
+    """Build a backbone from :func:`backbone_config` output through the registries."""
+    if registries is None:
+        from arlkit.registry import default_registries as registries
+    return registries.backbones.build(
+        config["backbone"]["name"],
+        config["backbone"]["params"],
+        taxonomy=Taxonomy(tuple(config["taxonomy"])),
+        conditioner=(config["conditioner"]["name"], config["conditioner"]["params"]),
+        deform_op=(config["deform_op"]["name"], config["deform_op"]["params"]),
+        offset_net=(config["offset_net"]["name"], config["offset_net"]["params"]),
+    )
+
+
+def export_backbone(
+    backbone: nn.Module, config: dict[str, Any], path: str, extra: dict[str, str] | None = None
+) -> str:
+    """Write ``backbone``'s weights and ``config`` to one safetensors file."""
+    import arlkit
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone()
+               for k, v in backbone.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "arlkit_version": arlkit.__version__,
+        "config": json.dumps(config),
+        **(extra or {}),
+    }
+    with fsspec.open(path, "wb") as handle:
+        handle.write(st_save(tensors, metadata=metadata))
+    return path
+
+
+def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """Tensors, backbone configuration and raw metadata of an exported file."""
+    import struct
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ArlkitError(f"{path}: no such exported backbone") from None
+    try:
+        (size,) = struct.unpack("<Q", raw[:8])
+        metadata = json.loads(raw[8 : 8 + size]).get("__metadata__", {})
+        tensors = st_load(raw)
+    except Exception as exc:  # any parse failure of a foreign file
+        raise ArlkitError(f"{path}: not a safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise ArlkitError(
+            f"{path}: not an arlkit backbone export (metadata format {metadata.get('format')!r}); "
+            "create one with 'arlkit export RUN_DIR --out FILE'"
+        )
+    return tensors, json.loads(metadata["config"]), metadata
+
+
+def load_backbone(path: str, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild an exported backbone and load its weights (strictly), in eval mode."""
+    tensors, config, _ = read_export(path)
+    model = build_backbone(config)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(map_location).eval()
+
+
+def export_from_run(
+    run_dir: str, out: str, student: bool = False, checkpoint: str | None = None
+) -> tuple[str, str, int]:
+    """Export the teacher (or student) backbone of a run's checkpoint.
+
+    Returns:
+        (path written, "teacher" or "student", step of the checkpoint).
+    """
+    import yaml
+
+    from arlkit.engine import checkpoint as ckpt
+    from arlkit.recipe import validate_recipe
+
+    path = checkpoint or ckpt.find_latest(run_dir)
+    if path is None:
+        raise ArlkitError(f"{run_dir}: no complete checkpoint under {run_dir}/checkpoints")
+    recipe_file = f"{run_dir.rstrip('/')}/recipe.resolved.yaml"
+    try:
+        with fsspec.open(recipe_file, "r") as handle:
+            recipe = validate_recipe(yaml.safe_load(handle.read()), recipe_file)
+    except FileNotFoundError:
+        raise ArlkitError(f"{run_dir}: not an arlkit run directory (no recipe.resolved.yaml)") from None
+    tensors, state, _ = ckpt.read_checkpoint(path)
+    which = "student" if student else "teacher"
+    prefix = f"{which}.backbone."
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not weights and which == "teacher":
+        which, prefix = "student", "student.backbone."
+        weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    config = backbone_config(recipe)
+    model = build_backbone(config)
+    model.load_state_dict(weights, strict=True)
+    step = int(state["step"])
+    export_backbone(model, config, out, extra={"source": which, "step": str(step)})
+    return out, which, step

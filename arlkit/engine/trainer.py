@@ -1,0 +1,316 @@
+"""The training loop: student, EMA teacher, objectives, balancer, checkpoints, faults."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from arlkit.engine import checkpoint as ckpt
+from arlkit.engine.build import Components
+from arlkit.engine.data import BatchPlan, StepBatchSampler, make_loader, seed_for
+from arlkit.engine.distributed import DistInfo
+from arlkit.engine.logger import RunLogger
+from arlkit.engine.optim import param_groups
+from arlkit.engine.schedules import cosine
+from arlkit.engine.step import Step
+from arlkit.errors import ArlkitError
+
+__all__ = ["TrainResult", "Trainer", "TrainingStopped"]
+
+
+class TrainingStopped(ArlkitError):
+    """The run stopped on purpose (non-finite losses, Ctrl-C); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    last_checkpoint: str | None
+    losses: list[dict[str, float]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class Trainer:
+    """Runs the optimisation of a built recipe.
+
+    Args:
+        comps: what :func:`~arlkit.engine.build.build_components` assembled.
+        run_dir: where checkpoints and metrics go.
+        device: torch device.
+        dist_info: process layout.
+        logger: progress and metrics.
+        order: ``order(epoch)`` → dataset indices of the epoch (the sampler).
+        views_dataset: the dataset with views applied (``ds[(index, epoch)]``).
+    """
+
+    def __init__(self, comps: Components, run_dir: str, device: torch.device,
+                 dist_info: DistInfo, logger: RunLogger, order: Any, views_dataset: Any) -> None:
+        self.c, self.run_dir, self.device = comps, run_dir, device
+        self.dist, self.logger = dist_info, logger
+        recipe = comps.recipe
+        self.recipe = recipe
+        self.student = comps.student.to(device)
+        self.teacher = comps.teacher.to(device) if comps.teacher is not None else None
+        for obj in comps.objectives:
+            obj.to(device)
+        self.model: nn.Module = self.student
+        if dist_info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if recipe.train.compile:
+            # compile the method, not the module: state_dict keys stay the model's own
+            backbone = self.student.backbone
+            backbone.forward_features = torch.compile(backbone.forward_features)
+        opt = recipe.optim
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=opt.lr, betas=opt.betas)
+        self.plan = BatchPlan(recipe.data.batch_size, dist_info.world_size, dist_info.rank,
+                              opt.accum_steps, len(views_dataset))
+        self.order, self.views_dataset = order, views_dataset
+        self.base_lr = opt.lr * recipe.data.batch_size / 256
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        self.bad_files: list[tuple[str, str]] = []
+        self.seen = 0
+        self.last_checkpoint: str | None = None
+        self._stop_requested = False
+        dtype = torch.bfloat16 if recipe.train.precision == "bf16" else None
+        self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                         else contextlib.nullcontext())
+        balance = [p for o in comps.objectives if (p := o.balance_parameter(self.student)) is not None]
+        self.balance_param = balance[0] if balance else None
+
+    # ------------------------------------------------------------------ state
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"student.{k}": v for k, v in self.student.state_dict().items()}
+        if self.teacher is not None:
+            tensors.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        for obj in self.c.objectives:
+            tensors.update({f"aux.{obj.name}.{k}": v for k, v in obj.state_dict().items()})
+        return tensors
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "objectives": {o.name: o.aux_state_dict() for o in self.c.objectives},
+            "balancer": self.c.balancer.state_dict() if hasattr(self.c.balancer, "state_dict") else {},
+            "rng": ckpt.capture_rng(),
+            "nonfinite_total": self.nonfinite_total,
+            "seen": self.seen,
+            "sampler": {"step": self.step, "global_batch": self.plan.global_batch,
+                        "seed": self.recipe.seed},
+        }
+
+    def save(self) -> str | None:
+        if self.dist.is_main:
+            self.last_checkpoint = ckpt.write_checkpoint(
+                self.run_dir, self.step, self.state_tensors(), self.state(),
+                metadata={"recipe": self.recipe.name}, keep_last=self.recipe.train.keep_last)
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return self.last_checkpoint
+
+    def load(self, path: str) -> None:
+        tensors, state, _ = ckpt.read_checkpoint(path)
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            head, rest = key.split(".", 1)
+            if head == "aux":
+                name, rest = rest.split(".", 1)
+                head = f"aux.{name}"
+            groups.setdefault(head, {})[rest] = value
+        self.student.load_state_dict(groups.pop("student"))
+        if self.teacher is not None:
+            self.teacher.load_state_dict(groups.pop("teacher"))
+        for obj in self.c.objectives:
+            obj.load_state_dict(groups.get(f"aux.{obj.name}", {}))
+            obj.load_aux_state_dict(state["objectives"].get(obj.name, {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if hasattr(self.c.balancer, "load_state_dict"):
+            self.c.balancer.load_state_dict(state["balancer"])
+        ckpt.restore_rng(state["rng"])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.seen = int(state["seen"])
+        self.last_checkpoint = path
+
+    # ------------------------------------------------------------------ steps
+    def _set_schedules(self) -> float:
+        opt, total = self.recipe.optim, self.recipe.train.steps
+        lr = cosine(self.step, total, self.base_lr, opt.min_lr, opt.warmup_steps)
+        wd = cosine(self.step, total, opt.weight_decay, opt.weight_decay_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group.get("apply_wd"):
+                group["weight_decay"] = wd
+        return lr
+
+    def _make_step(self, batch: dict[str, Any], mask_full: torch.Tensor | None) -> Step:
+        dev = self.device
+        g = batch["global"].to(dev, non_blocking=True)  # (b, V_g, C, S, S)
+        b, n_global = g.shape[:2]
+        global_views = g.transpose(0, 1).reshape(n_global * b, *g.shape[2:])  # view-major
+        local_views, n_local = None, 0
+        if "local" in batch:
+            loc = batch["local"].to(dev, non_blocking=True)
+            n_local = loc.shape[1]
+            local_views = loc.transpose(0, 1).reshape(n_local * b, *loc.shape[2:])
+        mask = None
+        if mask_full is not None:
+            gb = self.plan.global_batch
+            rows = (torch.arange(n_global)[:, None] * gb + batch["pos"][None, :]).reshape(-1)
+            mask = mask_full[rows].to(dev)  # (V_g·b, N) view-major like the views
+        return Step(self.step, self.plan.epoch_of(self.step), global_views, local_views,
+                    batch["organ"].to(dev), mask, self.c.context.grid, n_global, n_local)
+
+    def _global_mask(self, n_global: int) -> torch.Tensor | None:
+        g = torch.Generator().manual_seed(seed_for(self.recipe.seed, self.step, 7))
+        for obj in self.c.objectives:
+            mask = obj.make_mask(n_global * self.plan.global_batch, g)
+            if mask is not None:
+                return mask
+        return None
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach()).all().float().reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def _train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float] | None:
+        lr = self._set_schedules()
+        accum = len(micro_batches)
+        mask_full = self._global_mask(self.c.context.n_global)
+        logs: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = True
+        step = None
+        for i, batch in enumerate(micro_batches):
+            step = self._make_step(batch, mask_full)
+            if self.teacher is not None:
+                with torch.no_grad(), self.autocast:
+                    for obj in self.c.objectives:
+                        obj.teacher_forward(step, self.teacher)
+            sync = (self.model.no_sync() if self.dist.enabled and i < accum - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with self.autocast:
+                    losses = self.model(step, self.c.objectives)
+                weighted = {o.name: losses[o.name].float() * o.weight for o in self.c.objectives}
+                total, weights = self.c.balancer(weighted, self.balance_param)
+                if not self._all_finite(total):
+                    finite = False
+                    break
+                (total / accum).backward()
+            for obj in self.c.objectives:
+                for key, value in obj.auxiliary_step(step, self.autocast).items():
+                    logs[key] = logs.get(key, 0.0) + value / accum
+            for name, value in losses.items():
+                logs[f"loss_{name}"] = logs.get(f"loss_{name}", 0.0) + float(value) / accum
+            logs["loss"] = logs.get("loss", 0.0) + float(total) / accum
+            for key, value in weights.items():
+                logs[f"w_{key}"] = float(value)
+        if finite and step is not None:
+            for obj in self.c.objectives:
+                obj.after_backward(step, self.student)
+            clip = self.recipe.optim.grad_clip
+            norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip or math.inf)
+            finite = self._all_finite(norm)
+            logs["grad_norm"] = float(norm)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        if self.teacher is not None:
+            self._ema_update()
+        logs["lr"] = lr
+        return logs
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        t = self.recipe.teacher
+        m = cosine(self.step, self.recipe.train.steps, t.momentum, t.momentum_end)
+        for p_t, p_s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
+
+    # ------------------------------------------------------------------ loop
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.logger.message("interrupt: finishing this step, writing a checkpoint, then stopping "
+                            "(press Ctrl-C again to stop at once)")
+
+    def fit(self, bad_file_log: Any = None) -> TrainResult:
+        recipe = self.recipe
+        total, accum = recipe.train.steps, self.plan.accum_steps
+        sampler = StepBatchSampler(self.order, self.plan, self.step, total)
+        loader = make_loader(self.views_dataset, sampler, recipe.data.num_workers,
+                             self.device.type == "cuda")
+        result = TrainResult(self.step, self.last_checkpoint)
+        previous = signal.getsignal(signal.SIGINT)
+        in_main_thread = True
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread (notebooks, tests)
+            in_main_thread = False
+        start, images = time.perf_counter(), 0
+        try:
+            pending: list[dict[str, Any]] = []
+            for batch in loader:
+                if bad_file_log is not None:
+                    bad_file_log.record(batch["n"], batch["bad_files"])
+                if batch["n"] == 0:
+                    continue
+                pending.append(batch)
+                if len(pending) < accum:
+                    continue
+                logs = self._train_step(pending)
+                images += sum(b["n"] for b in pending) * self.dist.world_size
+                self.seen += sum(b["n"] for b in pending) * self.dist.world_size
+                pending = []
+                if logs is None:
+                    self.nonfinite_total += 1
+                    self.nonfinite_run += 1
+                    self.logger.message(f"step {self.step + 1}: non-finite loss or gradient, "
+                                        f"step skipped ({self.nonfinite_run} in a row)")
+                    if self.nonfinite_run >= recipe.train.max_nonfinite:
+                        raise TrainingStopped(
+                            f"{self.nonfinite_run} consecutive non-finite steps at step "
+                            f"{self.step + 1}; the last good checkpoint is "
+                            f"{self.last_checkpoint or '(none yet)'}. Lower optim.lr, enable "
+                            "optim.grad_clip or use train.precision=fp32"
+                        )
+                    self.step += 1
+                    continue
+                self.nonfinite_run = 0
+                self.step += 1
+                elapsed = time.perf_counter() - start
+                logs["img_per_s"] = images / max(elapsed, 1e-9)
+                logs["epoch"] = self.plan.epoch_of(self.step - 1)
+                logs["nonfinite"] = self.nonfinite_total
+                result.losses.append(logs)
+                show = self.step % recipe.train.log_every == 0 or self.step == total
+                self.logger.log(self.step, logs, show=show)
+                if self.step % recipe.train.ckpt_every == 0 or self.step == total:
+                    self.save()
+                if self._stop_requested:
+                    if self.step % recipe.train.ckpt_every and self.step != total:
+                        self.save()
+                    result.interrupted = True
+                    break
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
+        result.steps_done = self.step
+        result.last_checkpoint = self.last_checkpoint
+        return result

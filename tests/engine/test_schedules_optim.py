@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from arlkit.engine.optim import param_groups
+from arlkit.engine.schedules import cosine
+
+
+def test_cosine_hand_values():
+    assert cosine(0, 11, 1.0, 0.0) == pytest.approx(1.0)
+    assert cosine(5, 11, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine(10, 11, 1.0, 0.0) == pytest.approx(0.0)
+    assert cosine(50, 11, 1.0, 0.0) == pytest.approx(0.0)
+    # warm-up 0 → 1 over 4 steps, then cosine over the remaining 6 intervals
+    assert [cosine(s, 11, 1.0, 0.0, warmup=4) for s in range(4)] == pytest.approx(
+        [0.0, 0.25, 0.5, 0.75]
+    )
+    assert cosine(4, 11, 1.0, 0.0, warmup=4) == pytest.approx(1.0)
+    assert cosine(7, 11, 1.0, 0.0, warmup=4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert cosine(0, 1, 2.0, 0.0, warmup=5) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        cosine(0, 0, 1.0, 0.0)
+
+
+def test_param_groups_exclude_norms_biases_and_tokens():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+            self.proj = nn.Linear(4, 4)
+            self.norm = nn.LayerNorm(4)
+            self.frozen = nn.Linear(4, 4).requires_grad_(False)
+
+    net = Net()
+    decay, no_decay = param_groups(net)
+    assert [p is net.proj.weight for p in decay["params"]] == [True]
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert sorted(names[id(p)] for p in no_decay["params"]) == [
+        "cls_token", "norm.bias", "norm.weight", "pos_embed", "proj.bias"]
+    assert decay["apply_wd"] and not no_decay["apply_wd"] and no_decay["weight_decay"] == 0.0
