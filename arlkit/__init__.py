@@ -1,12 +1,15 @@
 """arlkit: anatomy-aware self-supervised pretraining for medical ultrasound.
 
-Importing ``arlkit`` is cheap and loads no plugin: registries fill themselves on
-first use (see :mod:`arlkit.plugins`).
+Importing ``arlkit`` registers the A-ViT models with timm (so it imports torch and
+timm) and loads no plugin: registries fill themselves on first use (see
+:mod:`arlkit.plugins`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from arlkit.models import timm_models as _timm_models  # noqa: F401  (avit_* in timm)
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_backbone"]

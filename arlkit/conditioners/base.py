@@ -1,0 +1,135 @@
+"""The conditioner protocol and the one function that reads an organ batch.
+
+An *organ batch* is what a conditioner (and the backbone) receives as ``organ``:
+
+- ``None``: every image is ``unknown``;
+- a LongTensor ``(B,)`` of taxonomy indices in ``[0, K]`` (``K`` = ``unknown``);
+- a FloatTensor ``(B, K)`` or ``(B, K+1)`` of class probabilities (soft labels, rows sum
+  to 1; without the last column the ``unknown`` probability is 0);
+- for convenience, a sequence of organ names or indices (converted with the taxonomy).
+
+:func:`canonical_organ` validates it once and returns either the ``(B,)`` indices or the
+``(B, K+1)`` probabilities, so a backbone with one conditioner per block checks (and
+synchronises with the GPU) once per forward, not once per block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from arlkit.errors import DataError, UnknownOrganError
+from arlkit.taxonomy import Taxonomy
+
+__all__ = ["Conditioner", "OrganBatch", "canonical_organ"]
+
+OrganBatch = torch.Tensor | Sequence[str | int] | None
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+
+
+def canonical_organ(
+    organ: OrganBatch, batch_size: int, taxonomy: Taxonomy, device: torch.device | None = None
+) -> torch.Tensor:
+    """Validate an organ batch.
+
+    Args:
+        organ: see the module docstring.
+        batch_size: ``B``, the number of images.
+        taxonomy: defines ``K`` and the names.
+        device: where the result lives (default: the tensor's own device, or CPU).
+
+    Returns:
+        LongTensor ``(B,)`` of indices in ``[0, K]``, or FloatTensor ``(B, K+1)`` of
+        probabilities.
+
+    Raises:
+        UnknownOrganError: an index or name outside the taxonomy (names the known ones).
+        DataError: wrong shape or batch size, or probabilities that are negative or whose
+            rows do not sum to 1.
+    """
+    k = taxonomy.num_classes
+    if organ is None:
+        return torch.full((batch_size,), k, dtype=torch.long, device=device)
+    if not isinstance(organ, torch.Tensor):
+        items = list(organ)
+        organ = torch.tensor(
+            [taxonomy.index(o, "organ batch") if isinstance(o, str) else int(o) for o in items],
+            dtype=torch.long,
+        )
+    if device is not None:
+        organ = organ.to(device)
+    if organ.dim() == 0 or organ.shape[0] != batch_size:
+        raise DataError(
+            f"organ batch: expected {batch_size} entries (one per image), got shape "
+            f"{tuple(organ.shape)}"
+        )
+    if not organ.is_floating_point():
+        if organ.dim() != 1:
+            raise DataError(f"organ batch: labels must be (B,), got shape {tuple(organ.shape)}")
+        bad = (organ < 0) | (organ > k)
+        if bool(bad.any()):
+            label = int(organ[bad][0])
+            raise UnknownOrganError(
+                str(label),
+                [f"{i}={n}" for i, n in enumerate(taxonomy.names)],
+                "organ batch (index outside the taxonomy)",
+            )
+        return organ.long()
+    if organ.dim() != 2 or organ.shape[1] not in (k, k + 1):
+        raise DataError(
+            f"organ batch: probabilities must be (B, {k}) or (B, {k + 1}) for a taxonomy of "
+            f"{k} organs, got shape {tuple(organ.shape)}"
+        )
+    probs = organ.float()
+    if bool((probs < 0).any()) or not bool(torch.isfinite(probs).all()):
+        raise DataError("organ batch: probabilities must be finite and non-negative")
+    sums = probs.sum(1)
+    tol = _tolerance(organ.dtype)
+    if bool(((sums - 1).abs() > tol).any()):
+        row = int(((sums - 1).abs() > tol).nonzero()[0])
+        raise DataError(
+            f"organ batch: probabilities of image {row} sum to {float(sums[row]):.4f}, not 1; "
+            "pass softmax outputs (or class indices)"
+        )
+    if probs.shape[1] == k:  # no unknown column: its probability is 0
+        probs = torch.cat([probs, probs.new_zeros(batch_size, 1)], 1)
+    return probs
+
+
+class Conditioner(nn.Module):
+    """Base of the built-in conditioners: ``forward(organ, batch_size) -> (B, dim)``.
+
+    Subclasses implement :meth:`encode` on a canonical batch; :meth:`forward` validates
+    first. Third-party conditioners need only ``forward`` (the backbone falls back to it).
+
+    Args:
+        dim: width ``C`` of the context vector.
+        taxonomy: organ classes (default: the 16 built-in organs plus ``unknown``).
+    """
+
+    def __init__(self, dim: int, taxonomy: Taxonomy | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.taxonomy = taxonomy if taxonomy is not None else Taxonomy()
+
+    @property
+    def num_classes(self) -> int:
+        return self.taxonomy.num_classes
+
+    def encode(self, organ: torch.Tensor) -> torch.Tensor:
+        """Context vectors ``(B, dim)`` for a canonical batch (see :func:`canonical_organ`)."""
+        raise NotImplementedError
+
+    def forward(self, organ: OrganBatch, batch_size: int) -> torch.Tensor:
+        """Context vectors ``(B, dim)`` for an organ batch.
+
+        Raises:
+            UnknownOrganError, DataError: see :func:`canonical_organ`.
+        """
+        device = next(self.parameters()).device
+        return self.encode(canonical_organ(organ, batch_size, self.taxonomy, device))
