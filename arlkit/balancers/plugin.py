@@ -2,4 +2,12 @@
 
 from __future__ import annotations
 
-from arlkit.hookspecs import hookimpl  # noqa: F401
+from arlkit.balancers import FixedWeights, GradNormRatio
+from arlkit.hookspecs import hookimpl
+from arlkit.registry import Registrar
+
+
+@hookimpl
+def arlkit_register_balancers(register: Registrar) -> None:
+    register.add("gradnorm_ratio", GradNormRatio)
+    register.add("fixed", FixedWeights)

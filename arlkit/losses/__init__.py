@@ -1,1 +1,38 @@
-"""arlkit.losses."""
+"""The triple objective of ARL as stand-alone losses: MIM, speckle GAN, self-distillation.
+
+Importing this package needs only torch (and numpy for block masks); use the losses
+in any PyTorch training loop::
+
+    from arlkit.losses import MaskGenerator, SpeckleGANLoss, mim_loss
+"""
+
+from __future__ import annotations
+
+from arlkit.losses.adversarial import (
+    SpeckleGANLoss,
+    discriminator_bce_loss,
+    discriminator_hinge_loss,
+    generator_adv_loss,
+    masked_patch_pairs,
+    r1_penalty,
+)
+from arlkit.losses.distill import SelfDistillationLoss, teacher_temperature
+from arlkit.losses.masking import MaskGenerator
+from arlkit.losses.mim import MIMLoss, mim_loss, normalize_patches, patchify, unpatchify
+
+__all__ = [
+    "MIMLoss",
+    "MaskGenerator",
+    "SelfDistillationLoss",
+    "SpeckleGANLoss",
+    "discriminator_bce_loss",
+    "discriminator_hinge_loss",
+    "generator_adv_loss",
+    "masked_patch_pairs",
+    "mim_loss",
+    "normalize_patches",
+    "patchify",
+    "r1_penalty",
+    "teacher_temperature",
+    "unpatchify",
+]

@@ -2,4 +2,13 @@
 
 from __future__ import annotations
 
-from arlkit.hookspecs import hookimpl  # noqa: F401
+from arlkit.hookspecs import hookimpl
+from arlkit.losses import MIMLoss, SelfDistillationLoss, SpeckleGANLoss
+from arlkit.registry import Registrar
+
+
+@hookimpl
+def arlkit_register_losses(register: Registrar) -> None:
+    register.add("mim", MIMLoss)
+    register.add("speckle_gan", SpeckleGANLoss)
+    register.add("self_distillation", SelfDistillationLoss)

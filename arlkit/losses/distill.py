@@ -1,0 +1,194 @@
+"""Self-distillation loss (DINO): a student matches an EMA teacher across views.
+
+``L_SD = -Σ z_t log z_s`` averaged over every (teacher view, student view) pair of
+*different* views, where ``z_t = softmax((t - c) / τ_t)`` is the centered, sharpened
+teacher distribution (no gradient) and ``z_s = softmax(s / τ_s)`` the student's.
+After the loss, the center ``c`` follows the mean teacher output with an EMA
+(all-reduced across processes when ``torch.distributed`` is initialised). The
+teacher temperature rises linearly from ``warmup_teacher_temp`` to ``teacher_temp``
+over ``warmup_teacher_temp_steps`` steps.
+
+Views are stacked view-major: ``(V·B, D)`` holds view 0 of every image, then view
+1, ... The teacher sees the ``V_t`` global views; the student sees the same global
+views first, in the same order, then any local views.
+
+Example::
+
+    loss_fn = SelfDistillationLoss(out_dim=65536, warmup_teacher_temp_steps=3000)
+    loss = loss_fn(student_head(student(views)), teacher_head(teacher(globals)), step)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from arlkit.errors import ConfigError
+
+__all__ = ["SelfDistillationLoss", "teacher_temperature"]
+
+
+def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps: int) -> float:
+    """Linear warm-up of the teacher temperature, then constant.
+
+    Args:
+        step: current step (0-based).
+        warmup_temp: temperature at step 0.
+        temp: temperature from ``warmup_steps`` on.
+        warmup_steps: length of the ramp; 0 means no warm-up.
+
+    Returns:
+        ``warmup_temp + (temp - warmup_temp) · step / warmup_steps`` during the ramp.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return temp
+    return warmup_temp + (temp - warmup_temp) * max(step, 0) / warmup_steps
+
+
+class SelfDistillationLoss(nn.Module):
+    """DINO cross-entropy between a centered, sharpened teacher and a student.
+
+    Args:
+        out_dim: number of prototypes ``D`` (the head's output size).
+        teacher_temp: teacher temperature after the warm-up.
+        warmup_teacher_temp: teacher temperature at step 0.
+        warmup_teacher_temp_steps: steps of the linear teacher-temperature ramp.
+        student_temp: student temperature.
+        center_momentum: EMA momentum of the center.
+        teacher_views: number of teacher (global) views ``V_t``.
+
+    Raises:
+        ConfigError: non-positive temperatures or dimensions, momentum outside [0, 1).
+    """
+
+    center: Tensor
+
+    def __init__(
+        self,
+        out_dim: int = 65536,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        teacher_views: int = 2,
+    ) -> None:
+        super().__init__()
+        if out_dim <= 0 or teacher_views <= 0:
+            raise ConfigError(
+                f"SelfDistillationLoss: out_dim ({out_dim}) and teacher_views ({teacher_views}) "
+                "must be positive"
+            )
+        if min(teacher_temp, warmup_teacher_temp, student_temp) <= 0:
+            raise ConfigError("SelfDistillationLoss: temperatures must be > 0")
+        if not 0.0 <= center_momentum < 1.0:
+            raise ConfigError(
+                f"SelfDistillationLoss: center_momentum must be in [0, 1), got {center_momentum}"
+            )
+        if warmup_teacher_temp_steps < 0:
+            raise ConfigError("SelfDistillationLoss: warmup_teacher_temp_steps must be >= 0")
+        self.out_dim = out_dim
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.teacher_views = teacher_views
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_temp_at(self, step: int) -> float:
+        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
+        return teacher_temperature(
+            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
+        )
+
+    def teacher_probs(self, teacher_out: Tensor, step: int) -> Tensor:
+        """``softmax((t - center) / τ_t)`` in float32, detached. ``(V_t·B, D) -> (V_t·B, D)``."""
+        t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
+        return F.softmax(t, dim=-1)
+
+    def forward(self, student_out: Tensor, teacher_out: Tensor, step: int) -> Tensor:
+        """Loss over all cross-view pairs, then the center update.
+
+        Args:
+            student_out: ``(V_s·B, D)`` student head outputs (logits), view-major; the
+                first ``V_t`` views are the teacher's views in the same order.
+            teacher_out: ``(V_t·B, D)`` teacher head outputs, view-major.
+            step: current optimizer step (for the temperature warm-up).
+
+        Returns:
+            Scalar float32 tensor.
+
+        Raises:
+            ConfigError: shapes that do not fit ``out_dim`` and ``teacher_views``.
+        """
+        self._check(student_out, teacher_out)
+        batch = teacher_out.shape[0] // self.teacher_views
+        student_views = student_out.shape[0] // batch
+        q = self.teacher_probs(teacher_out, step).chunk(self.teacher_views)  # V_t × (B, D)
+        log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
+        log_p = log_p.chunk(student_views)  # V_s × (B, D)
+        total = student_out.new_zeros((), dtype=torch.float32)
+        pairs = 0
+        for it, q_t in enumerate(q):
+            for iv, log_p_s in enumerate(log_p):
+                if iv == it:  # same view: trivially matched, carries no signal
+                    continue
+                total = total + (-(q_t * log_p_s).sum(dim=-1)).mean()
+                pairs += 1
+        if pairs == 0:
+            raise ConfigError(
+                "SelfDistillationLoss: no cross-view pair (one teacher view and one student "
+                "view); give the student at least two views"
+            )
+        self.update_center(teacher_out)
+        return total / pairs
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Tensor) -> None:
+        """``c ← m·c + (1-m)·mean(teacher_out)``, the mean taken over all processes.
+
+        Args:
+            teacher_out: ``(V_t·B, D)`` teacher outputs.
+        """
+        batch_sum = teacher_out.detach().float().sum(dim=0, keepdim=True)  # (1, D)
+        count = torch.tensor(float(teacher_out.shape[0]), device=batch_sum.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        batch_center = batch_sum / count
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+    def _check(self, student_out: Tensor, teacher_out: Tensor) -> None:
+        if student_out.ndim != 2 or teacher_out.ndim != 2:
+            raise ConfigError(
+                "SelfDistillationLoss: expected student_out (V_s*B, D) and teacher_out "
+                f"(V_t*B, D), got {tuple(student_out.shape)} and {tuple(teacher_out.shape)}"
+            )
+        if student_out.shape[1] != self.out_dim or teacher_out.shape[1] != self.out_dim:
+            raise ConfigError(
+                f"SelfDistillationLoss: outputs have {student_out.shape[1]} and "
+                f"{teacher_out.shape[1]} prototypes, the loss was built with out_dim={self.out_dim}"
+            )
+        n_t = teacher_out.shape[0]
+        if n_t == 0 or n_t % self.teacher_views:
+            raise ConfigError(
+                f"SelfDistillationLoss: teacher_out has {n_t} rows, not a multiple of "
+                f"teacher_views={self.teacher_views}"
+            )
+        batch = n_t // self.teacher_views
+        if student_out.shape[0] % batch or student_out.shape[0] < n_t:
+            raise ConfigError(
+                f"SelfDistillationLoss: student_out has {student_out.shape[0]} rows; expected "
+                f"V_s·B with B={batch} and V_s >= teacher_views={self.teacher_views}"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, "
+            f"warmup_teacher_temp={self.warmup_teacher_temp}, "
+            f"warmup_teacher_temp_steps={self.warmup_teacher_temp_steps}, "
+            f"student_temp={self.student_temp}, center_momentum={self.center_momentum}"
+        )
