@@ -51,11 +51,13 @@ ENTRY_POINT_GROUP = "arlkit"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "arlkit.conditioners.plugin",
     "arlkit.ops.plugin",
+    "arlkit.ops.plugin_triton",
     "arlkit.models.plugin",
     "arlkit.models.heads_plugin",
     "arlkit.losses.plugin",
     "arlkit.balancers.plugin",
     "arlkit.data.plugin",
+    "arlkit.data.synthetic.plugin",
     "arlkit.engine.plugin",
 )
 

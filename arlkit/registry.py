@@ -48,7 +48,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "backbones": ("taxonomy", "conditioner", "deform_op", "offset_net"),
     "heads": ("in_dim",),
     "datasets": ("taxonomy",),
-    "transforms": (),
+    "transforms": ("taxonomy",),
     "objectives": ("context",),
 }
 
@@ -91,7 +91,7 @@ def params_model_from_signature(
     """
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable forward references: fall back to Any
         hints = {}
     fields: dict[str, Any] = {}

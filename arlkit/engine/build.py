@@ -69,7 +69,9 @@ def build_components(recipe: Recipe, registries: Registries | None = None) -> Co
     dataset = registries.datasets.build(
         recipe.data.dataset.name, recipe.data.dataset.params, taxonomy=taxonomy
     )
-    views = registries.transforms.build(recipe.data.views.name, recipe.data.views.params)
+    views = registries.transforms.build(
+        recipe.data.views.name, recipe.data.views.params, taxonomy=taxonomy
+    )
     patch = int(backbone.patch_size)
     n_global, n_local, size = _views_layout(views, patch)
     names = tuple(o.name for o in recipe.objectives)

@@ -107,10 +107,7 @@ class SpeckleGANObjective(Objective):
 
         self.criterion = SpeckleGANLoss(start_step, disc_loss, r1_gamma)
         self.aux["discriminator"] = PatchDiscriminator(
-            in_chans=context.in_chans,
-            patch_size=context.patch_size,
-            width=disc_width,
-            spectral_norm=spectral_norm,
+            in_dim=context.in_chans, base_channels=disc_width, spectral_norm=spectral_norm
         )
         self.max_patches = max_patches
         self.optimizer = torch.optim.Adam(

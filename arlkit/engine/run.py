@@ -82,7 +82,7 @@ def run_recipe(
     n_params = sum(p.numel() for p in comps.student.backbone.parameters())
     plan_text = (
         f"{recipe.name}: {recipe.model.backbone.name} {recipe.model.backbone.params} "
-        f"({n_params / 1e6:.1f}M backbone parameters), objectives "
+        f"({n_params / 1e6:.2f}M backbone parameters), objectives "
         f"{', '.join(f'{o.name}×{o.weight:g}' for o in recipe.objectives)}, balancer "
         f"{recipe.balancer.name}, data {recipe.data.dataset.name} ({len(comps.dataset)} "
         f"samples/epoch), {recipe.train.steps} steps of {recipe.data.batch_size} images on "
@@ -119,8 +119,7 @@ def run_recipe(
         )
 
         def order(epoch: int) -> list[int]:
-            sampler.set_epoch(epoch)
-            return list(iter(sampler))
+            return sampler.global_order(epoch).tolist()
 
         views_dataset = ViewsDataset(comps.dataset, comps.views, recipe.seed)
         logger = RunLogger(run_dir, recipe.train.steps, enabled=dist_info.is_main, stream=stream,

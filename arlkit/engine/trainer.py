@@ -215,8 +215,8 @@ class Trainer:
                 for key, value in obj.auxiliary_step(step, self.autocast).items():
                     logs[key] = logs.get(key, 0.0) + value / accum
             for name, value in losses.items():
-                logs[f"loss_{name}"] = logs.get(f"loss_{name}", 0.0) + float(value) / accum
-            logs["loss"] = logs.get("loss", 0.0) + float(total) / accum
+                logs[f"loss_{name}"] = logs.get(f"loss_{name}", 0.0) + float(value.detach()) / accum
+            logs["loss"] = logs.get("loss", 0.0) + float(total.detach()) / accum
             for key, value in weights.items():
                 logs[f"w_{key}"] = float(value)
         if finite and step is not None:

@@ -1,0 +1,158 @@
+"""Training end to end at toy size: recipes, exact resume, faults, export."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from arlkit.engine import checkpoint as ckpt
+from arlkit.engine.objectives import Objective
+from arlkit.engine.run import run_recipe
+from arlkit.engine.trainer import TrainingStopped
+from arlkit.errors import ArlkitError
+from arlkit.recipe import RecipeError, load_recipe
+
+from toy_recipes import RECIPES
+
+ALL_RECIPES = sorted(p.name for p in RECIPES.glob("*.yaml"))
+
+
+def metrics(run_dir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_expected_recipes_exist():
+    assert {"paper.yaml", "quickstart.yaml", "ablation-mim.yaml", "ablation-mim-acdt.yaml",
+            "ablation-mim-acdt-adv.yaml", "mae.yaml", "dino.yaml"} <= set(ALL_RECIPES)
+    for name in ALL_RECIPES:
+        assert (RECIPES / name).read_text().startswith("#"), f"{name} needs a header comment"
+
+
+@pytest.mark.parametrize("name", ALL_RECIPES)
+def test_every_recipe_validates_and_trains_two_steps(name, toy, tmp_path):
+    load_recipe(str(RECIPES / name))  # the recipe as shipped is valid
+    out = io.StringIO()
+    assert run_recipe(str(RECIPES / name), toy(name), stream=out) == 0
+    run = tmp_path / "run"
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    recipe = load_recipe(str(RECIPES / name))
+    for obj in recipe.objectives:
+        assert all(torch.isfinite(torch.tensor(r[f"loss_{obj.name}"])) for r in rows)
+    assert (run / "recipe.resolved.yaml").exists() and (run / "environment.json").exists()
+    assert ckpt.find_latest(str(run)).endswith("step-00000002")
+    assert (run / "backbone.safetensors").exists()
+
+
+def test_exact_resume_matches_straight_run(toy, tmp_path):
+    recipe = str(RECIPES / "paper.yaml")
+    straight = toy("paper.yaml", steps=8, **{"train.ckpt_every": 4, "train.keep_last": 5,
+                                             "objectives.speckle_gan.params.start_step": 2})
+    assert run_recipe(recipe, straight, stream=io.StringIO()) == 0
+    run = tmp_path / "run"
+    resumed_dir = tmp_path / "resumed"
+    half = ckpt.list_checkpoints(str(run))[0]
+    assert half.endswith("step-00000004")
+    again = [o for o in straight if not o.startswith("run_dir=")] + [f"run_dir={resumed_dir}"]
+    assert run_recipe(recipe, again, resume=half, stream=io.StringIO()) == 0
+    a, b = metrics(run)[4:], metrics(resumed_dir)
+    assert [r["step"] for r in b] == [5, 6, 7, 8]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "loss_mim", "loss_speckle_gan", "loss_self_distillation", "w_lambda"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), key
+    wa, _, _ = ckpt.read_checkpoint(ckpt.find_latest(str(run)))
+    wb, _, _ = ckpt.read_checkpoint(ckpt.find_latest(str(resumed_dir)))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_existing_checkpoints_need_resume_and_bad_resume_path(toy, tmp_path):
+    recipe = str(RECIPES / "quickstart.yaml")
+    assert run_recipe(recipe, toy("quickstart.yaml", steps=1), stream=io.StringIO()) == 0
+    with pytest.raises(ArlkitError, match="already holds checkpoints"):
+        run_recipe(recipe, toy("quickstart.yaml", steps=1), stream=io.StringIO())
+    with pytest.raises(ArlkitError, match="not a complete arlkit checkpoint"):
+        run_recipe(recipe, toy("quickstart.yaml", steps=2), resume=str(tmp_path),
+                   stream=io.StringIO())
+    # --resume (latest) continues to the new step count
+    assert run_recipe(recipe, toy("quickstart.yaml", steps=2), resume="latest",
+                      stream=io.StringIO()) == 0
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+
+
+class NaNObjective(Objective):
+    """Always non-finite: checks the engine's fault handling (and plugin objectives)."""
+
+    def loss(self, step, student):
+        return step.student_global(student)[:, 0].sum() * float("nan")
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(toy, tmp_path):
+    from arlkit.registry import default_registries
+
+    default_registries.objectives.add("nan_test", NaNObjective, provider="tests")
+    try:
+        overrides = toy("ablation-mim.yaml", steps=10) + [
+            "objectives=[{name: mim}, {name: nan_test}]", "train.max_nonfinite=3"]
+        with pytest.raises(TrainingStopped, match="3 consecutive non-finite steps at step 3"):
+            run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, stream=io.StringIO())
+    finally:
+        default_registries.objectives.remove("nan_test")
+    assert ckpt.find_latest(str(tmp_path / "run")) is None  # nothing bad was saved
+
+
+def test_recipe_errors_come_before_training(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        run_recipe(str(RECIPES / "quickstart.yaml"),
+                   ["objectives.mim.params.mask_ratio=2.0x", f"run_dir={tmp_path}/r"])
+    assert "objectives[0].params.mask_ratio" in str(info.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_loads_in_arlkit_and_timm(toy, tmp_path):
+    import timm
+
+    import arlkit
+    from arlkit.engine.export import export_from_run, read_export
+
+    name = "ablation-mim-acdt.yaml"
+    assert run_recipe(str(RECIPES / name), toy(name, steps=2), stream=io.StringIO()) == 0
+    run = tmp_path / "run"
+    out = tmp_path / "bb.safetensors"
+    _, which, step = export_from_run(str(run), str(out))
+    assert (which, step) == ("student", 2)  # no teacher in a MIM-only recipe
+    model = arlkit.load_backbone(str(out))
+    tensors, _, _ = ckpt.read_checkpoint(ckpt.find_latest(str(run)))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tensors[f"student.backbone.{key}"])
+    x = torch.rand(2, 1, 32, 32)
+    organ = torch.tensor([0, 11])
+    with torch.no_grad():
+        ref = model.forward_features(x, organ)
+    _, config, _ = read_export(str(out))
+    p = config["backbone"]["params"]
+    tm = timm.create_model(
+        "avit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(out)},
+        embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
+        patch_size=p["patch_size"], img_size=p["img_size"]).eval()
+    with torch.no_grad():
+        assert torch.allclose(tm.forward_features(x, organ), ref, atol=1e-6)
+
+
+def test_resume_reads_only_complete_checkpoints_after_copying(toy, tmp_path):
+    name = "quickstart.yaml"
+    assert run_recipe(str(RECIPES / name), toy(name, steps=2, **{"train.ckpt_every": 1,
+                      "train.keep_last": 3}), stream=io.StringIO()) == 0
+    run = tmp_path / "run"
+    latest = pathlib.Path(ckpt.find_latest(str(run)))
+    # simulate a kill between writing the files and renaming: an incomplete newer directory
+    broken = latest.parent / "step-00000003"
+    shutil.copytree(latest, broken)
+    (broken / ckpt.MARKER).unlink()
+    assert pathlib.Path(ckpt.find_latest(str(run))) == latest
