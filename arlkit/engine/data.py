@@ -180,4 +180,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
+        # its own generator: creating the iterator must not draw from the global RNG,
+        # which drop-path uses and checkpoints restore (exact resume)
+        generator=torch.Generator().manual_seed(0),
     )

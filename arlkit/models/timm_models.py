@@ -1,7 +1,8 @@
 """timm registrations: ``timm.create_model("avit_base_patch16_224")`` after ``import arlkit``.
 
-No weights ship with arlkit and nothing is downloaded: ``pretrained=True`` is an error;
-load your own checkpoint with ``checkpoint_path=`` or ``load_state_dict``. Extra keyword
+No weights ship with arlkit and nothing is downloaded: ``pretrained=True`` needs a local
+file, ``pretrained_cfg_overlay=dict(file="backbone.safetensors")`` (an ``arlkit export``
+file; its tensor names are the model's own). Extra keyword
 arguments go to :class:`~arlkit.models.avit.AViT` (``deformable=False``, ``in_chans=3``,
 ``num_classes=10``, ``conditioner=("soft_embedding", {})``, ...).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from arlkit.errors import ConfigError
 from arlkit.models.avit import AViT
@@ -42,23 +43,23 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(size: str, pretrained: bool, **kwargs: Any) -> AViT:
-    if pretrained:
-        raise ConfigError(
-            f"avit_{size}_patch16_224: arlkit ships no pretrained weights and downloads none; "
-            "pass pretrained=False and load a checkpoint (checkpoint_path=... or load_state_dict)"
-        )
-    cfg = kwargs.pop("pretrained_cfg", None)
     if kwargs.pop("features_only", False):
         raise ConfigError(
             f"avit_{size}_patch16_224: features_only is not supported; call "
             "model.forward_intermediates(x, organ, indices=...) for multi-level features"
         )
-    for key in ("pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
+        # timm would fall back to random weights with only a log line: refuse instead
+        raise ConfigError(
+            f"avit_{size}_patch16_224: arlkit ships no pretrained weights and downloads none; "
+            "pass pretrained_cfg_overlay=dict(file='backbone.safetensors') with a file written "
+            "by 'arlkit export', or pretrained=False"
+        )
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    model = AViT(size=size, **kwargs)  # type: ignore[arg-type]
+    model = build_model_with_cfg(AViT, f"avit_{size}_patch16_224", pretrained, size=size, **kwargs)
     model.pretrained_cfg = model.default_cfg = dict(
-        cfg.to_dict() if hasattr(cfg, "to_dict") else _cfg(), input_size=(model.in_chans, 224, 224)
+        model.pretrained_cfg, input_size=(model.in_chans, 224, 224)
     )
     if device is not None or dtype is not None:
         model.to(device=torch.device(device) if device else None, dtype=dtype)
