@@ -232,8 +232,18 @@ class Trainer:
         self.optimizer.step()
         if self.teacher is not None:
             self._ema_update()
+        logs = self._mean_over_processes(logs)
         logs["lr"] = lr
         return logs
+
+    def _mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
+        """Logged values of the global batch: the mean of the processes' values."""
+        if not self.dist.enabled:
+            return logs
+        keys = sorted(logs)
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return dict(zip(keys, (values / self.dist.world_size).tolist(), strict=True))
 
     @torch.no_grad()
     def _ema_update(self) -> None:
