@@ -17,10 +17,13 @@ __all__ = ["register", "viz_offsets"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``viz`` command group and its sub-commands."""
-    viz = sub.add_parser("viz", help="draw pictures of a model (offsets, ...)")
+    viz = sub.add_parser("viz", help="draw pictures of a model (offsets, PCA of features)")
     viz.set_defaults(handler=lambda args: (viz.print_help(), 2)[1])
     viz_sub = viz.add_subparsers(dest="viz_command", metavar="PICTURE")
     _register_offsets(viz_sub)
+    from arlkit.cli.eval import add_viz_pca
+
+    add_viz_pca(viz_sub)
 
 
 def _register_offsets(viz_sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,247 @@
+"""Several backbones × several tasks under one protocol → tables and plots, like the paper's.
+
+Every (task, backbone) pair runs :func:`arlkit.eval.run.run_eval` with the same settings
+and seeds into ``OUT/runs/<protocol>-<task>-<backbone>``; segmentation tasks
+(``synthetic:cardiac_seg``) use the ``segment`` protocol whatever the classification
+protocol is. The comparison writes into ``OUT``:
+
+- ``table.md``: one table per label fraction, backbones as rows, ``task metric`` as
+  columns, ``value (low–high)`` with the best value of each column in bold;
+- ``table.csv`` and ``results.json``: the same numbers in long form;
+- ``bars.png``: bars with 95% intervals at the largest label fraction, one panel per metric;
+- ``fractions.png``: the label-fraction curves (with several fractions), one panel per task.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from arlkit.errors import ArlkitError, ConfigError
+from arlkit.eval.data import SEGMENTATION_TASKS, task_name
+from arlkit.eval.run import EvalConfig, run_eval, write_json
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "SEGMENTATION_METRICS",
+    "compare",
+    "plot_bars",
+    "plot_fractions",
+    "rows_from_results",
+    "write_tables",
+]
+
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "auroc")
+SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "miou")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or an error naming the extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional dependency
+        raise ArlkitError("plots need matplotlib; install it with: pip install 'arlkit[eval]'") from None
+    return plt
+
+
+def rows_from_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long-form rows ``{backbone, task, protocol, fraction, metric, value, low, high}``."""
+    rows = []
+    for res in results:
+        for frac, metrics in res["metrics"].items():
+            for metric, v in metrics.items():
+                rows.append({"backbone": res["backbone"], "task": res["task"], "protocol": res["protocol"],
+                             "fraction": float(frac), "metric": metric, "value": v["value"],
+                             "low": v["low"], "high": v["high"]})
+    return rows
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _cell(row: dict[str, Any] | None, bold: bool) -> str:
+    if row is None or row["value"] is None:
+        return "–"
+    text = f"{_num(row['value']):.3f}"
+    if row["low"] is not None and row["high"] is not None:
+        text += f" ({_num(row['low']):.3f}–{_num(row['high']):.3f})"
+    return f"**{text}**" if bold else text
+
+
+def _columns(rows: list[dict[str, Any]], metrics: Sequence[str]) -> list[tuple[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for r in rows:
+        if r["metric"] in metrics:
+            seen[(r["task"], r["metric"])] = None
+    return list(seen)
+
+
+def write_tables(rows: list[dict[str, Any]], out: str, metrics: Sequence[str]) -> dict[str, str]:
+    """Write ``table.md`` and ``table.csv`` (all metrics in the CSV, ``metrics`` in markdown)."""
+    os.makedirs(out, exist_ok=True)
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    index = {(r["backbone"], r["task"], r["metric"], r["fraction"]): r for r in rows}
+    lines = []
+    for frac in sorted({r["fraction"] for r in rows}, reverse=True):
+        sub = [r for r in rows if r["fraction"] == frac]
+        cols = _columns(sub, metrics)
+        protocols = ", ".join(sorted({r["protocol"] for r in sub}))
+        lines += [f"## {protocols}, {frac * 100:g}% of the training labels", ""]
+        lines.append("| backbone | " + " | ".join(f"{t} {m}" for t, m in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        best = {}
+        for t, m in cols:
+            values = [_num(index[(b, t, m, frac)]["value"]) for b in backbones if (b, t, m, frac) in index]
+            values = [v for v in values if v == v]
+            best[(t, m)] = max(values) if values else None
+        for b in backbones:
+            cells = []
+            for t, m in cols:
+                row = index.get((b, t, m, frac))
+                is_best = row is not None and len(backbones) > 1 and _num(row["value"]) == best[(t, m)]
+                cells.append(_cell(row, is_best))
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    md = os.path.join(out, "table.md")
+    with open(md, "w") as handle:
+        handle.write("\n".join(lines))
+    path_csv = os.path.join(out, "table.csv")
+    with open(path_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["backbone", "task", "protocol", "fraction", "metric",
+                                         "value", "low", "high"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"markdown": md, "csv": path_csv}
+
+
+def plot_bars(rows: list[dict[str, Any]], path: str, metrics: Sequence[str]) -> str:
+    """Grouped bars (tasks × backbones) with 95% intervals at the largest label fraction."""
+    plt = pyplot()
+    frac = max(r["fraction"] for r in rows)
+    sub = [r for r in rows if r["fraction"] == frac and r["metric"] in metrics and r["value"] is not None]
+    shown = [m for m in metrics if any(r["metric"] == m for r in sub)]
+    if not shown:
+        raise ConfigError(f"compare: none of the metrics {list(metrics)} is in the results")
+    backbones = list(dict.fromkeys(r["backbone"] for r in sub))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 + 2.2 * len(shown) * len(backbones) ** 0.5, 3.6),
+                             squeeze=False)
+    width = 0.8 / len(backbones)
+    for ax, metric in zip(axes[0], shown):
+        tasks = list(dict.fromkeys(r["task"] for r in sub if r["metric"] == metric))
+        for j, b in enumerate(backbones):
+            xs, ys, err = [], [], [[], []]
+            for i, t in enumerate(tasks):
+                r = next((r for r in sub if (r["backbone"], r["task"], r["metric"]) == (b, t, metric)), None)
+                if r is None:
+                    continue
+                v, lo, hi = _num(r["value"]), _num(r["low"]), _num(r["high"])
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(v)
+                err[0].append(max(0.0, v - lo) if lo == lo else 0.0)
+                err[1].append(max(0.0, hi - v) if hi == hi else 0.0)
+            ax.bar(xs, ys, width, yerr=err, capsize=3, label=b)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=20)
+        ax.set_title(metric)
+        ax.set_ylim(0, 1.18)  # headroom for the legend
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper left", ncols=min(len(backbones), 3), frameon=False)
+    fig.suptitle(f"{frac * 100:g}% of the training labels; bars: 95% bootstrap intervals", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fractions(rows: list[dict[str, Any]], path: str, metrics: Sequence[str]) -> str:
+    """Label-fraction curves: one panel per task (its first listed metric), one line per backbone."""
+    plt = pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        have = [m for m in metrics if any(r["task"] == task and r["metric"] == m for r in rows)]
+        if not have:
+            continue
+        metric = have[0]
+        for b in dict.fromkeys(r["backbone"] for r in rows):
+            pts = sorted((r["fraction"], _num(r["value"]), _num(r["low"]), _num(r["high"])) for r in rows
+                         if (r["backbone"], r["task"], r["metric"]) == (b, task, metric))
+            if not pts:
+                continue
+            f, v, lo, hi = zip(*pts)
+            ax.plot(f, v, marker="o", label=b)
+            ax.fill_between(f, lo, hi, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel(metric)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _unique_names(resolved: list[Any]) -> None:
+    seen: dict[str, int] = {}
+    for bb in resolved:
+        n = seen.get(bb.name, 0)
+        seen[bb.name] = n + 1
+        if n:
+            bb.name = f"{bb.name}-{n + 1}"
+
+
+def compare(
+    backbones: Sequence[str],
+    datas: Sequence[str],
+    base: EvalConfig,
+    out: str,
+    metrics: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``base.protocol`` for every backbone on every task and write tables and plots.
+
+    Args:
+        backbones: ``--backbone`` values (each resolved once; duplicate names get a suffix).
+        datas: ``--data`` values.
+        base: shared settings (its ``backbone``/``data``/``out`` are replaced per run).
+        out: output directory of the comparison.
+        metrics: metrics shown in the markdown table and plots (default: accuracy, AUROC,
+            Dice, mIoU); the CSV and JSON hold all of them.
+        log: progress lines.
+
+    Returns:
+        ``{"rows": [...], "runs": [...], "files": {...}}`` (also ``OUT/results.json``).
+    """
+    from arlkit.eval.backbones import resolve_backbone
+
+    if not backbones or not datas:
+        raise ConfigError("compare: give at least one --backbone and one --data")
+    log = log or (lambda _line: None)
+    metrics = tuple(metrics or (*CLASSIFICATION_METRICS, *SEGMENTATION_METRICS))
+    resolved = [resolve_backbone(b, base.arch, base.seed) for b in backbones]
+    _unique_names(resolved)
+    results = []
+    for data in datas:
+        protocol = "segment" if task_name(data) in SEGMENTATION_TASKS and data.startswith("synthetic:") \
+            else base.protocol
+        for spec, bb in zip(backbones, resolved):
+            run_dir = os.path.join(out, "runs", f"{protocol}-{task_name(data)}-{bb.name}")
+            cfg = dataclasses.replace(base, protocol=protocol, backbone=spec, data=data, out=run_dir)
+            log(f"== {protocol} · {task_name(data)} · {bb.name}")
+            results.append(run_eval(cfg, bb, log))
+    rows = rows_from_results(results)
+    files = write_tables(rows, out, metrics)
+    files["bars"] = plot_bars(rows, os.path.join(out, "bars.png"), metrics)
+    if len({r["fraction"] for r in rows}) > 1:
+        files["fractions"] = plot_fractions(rows, os.path.join(out, "fractions.png"), metrics)
+    summary = {"rows": rows, "runs": [r["out"] for r in results], "files": files}
+    write_json(os.path.join(out, "results.json"), summary)
+    return summary

@@ -1,0 +1,81 @@
+"""Settings of one evaluation (:class:`EvalConfig`) and the protocols' defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_WD", "PROTOCOLS", "EvalConfig"]
+
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "finetune", "segment")
+#: Epochs of training protocols (kNN trains nothing).
+DEFAULT_EPOCHS: dict[str, int] = {"linear": 100, "knn": 0, "finetune": 5, "segment": 5}
+#: Images per batch: feature extraction, fine-tuning, segmentation.
+DEFAULT_BATCH: dict[str, int] = {"linear": 64, "knn": 64, "finetune": 32, "segment": 16}
+#: Learning rate of fine-tuning / the decoder (the linear probe sweeps its own).
+DEFAULT_LR: dict[str, tuple[float, ...] | None] = {"linear": None, "knn": None, "finetune": (5e-4,), "segment": (1e-3,)}
+DEFAULT_WD: dict[str, float] = {"linear": 0.0, "knn": 0.0, "finetune": 0.05, "segment": 0.05}
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation (saved as ``settings.json``).
+
+    Attributes:
+        protocol: ``linear``, ``knn``, ``finetune`` or ``segment``.
+        backbone: export file, run directory, ``random`` or ``timm:NAME[:WEIGHTS]``.
+        data: ``synthetic:TASK`` or a labelled manifest / folder.
+        arch: architecture of ``random`` (recipe or export).
+        image_size: square input side (default: the backbone's nominal size).
+        n_train, n_val, n_test: synthetic split sizes.
+        data_seed: seed of the synthetic data (fixed across protocol seeds).
+        label_fractions: stratified shares of the training split to use.
+        batch_size: images per forward pass / training step (protocol default when None:
+            64 for feature extraction, 32 fine-tuning, 16 segmentation).
+        epochs: linear-probe or fine-tuning epochs (protocol default when None).
+        steps: optimizer steps, overriding ``epochs``.
+        lrs: linear-probe sweep; the first value is the fine-tuning / decoder rate.
+        weight_decay: protocol default when None.
+        layer_decay, drop_path: fine-tuning and segmentation.
+        freeze_backbone: segmentation with a frozen backbone.
+        decoder_channels: UPerNet width (default: half the backbone width, within 64..512).
+        pool: ``cls``, ``avg`` or ``cls+avg``.
+        use_organ: pass the organ condition to the backbone.
+        k, temperature: kNN.
+        n_boot: bootstrap draws of the intervals.
+        seed: seed of everything random in the protocol.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        workers: DataLoader workers.
+        cache_dir: feature cache (None: none).
+        out: output directory (default :func:`default_out`).
+    """
+
+    protocol: str
+    backbone: str
+    data: str
+    arch: str | None = None
+    image_size: int | None = None
+    n_train: int = 200
+    n_val: int = 100
+    n_test: int = 200
+    data_seed: int = 0
+    label_fractions: tuple[float, ...] = (1.0,)
+    batch_size: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    lrs: tuple[float, ...] | None = None
+    weight_decay: float | None = None
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    freeze_backbone: bool = False
+    decoder_channels: int | None = None
+    pool: str = "cls+avg"
+    use_organ: bool = True
+    k: int = 20
+    temperature: float = 0.07
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    cache_dir: str | None = os.path.join("runs", "eval", ".cache")
+    out: str | None = None

@@ -1,0 +1,186 @@
+"""Frozen-backbone features: computed once per (backbone, data, settings) and cached.
+
+A linear probe, a kNN classifier and every label fraction of them read the same
+features, so each split is encoded once per command; a cache directory keeps them across
+commands (``arlkit eval compare`` re-uses the linear probe's features for kNN). The cache
+key holds a fingerprint of the backbone's weights, the data and every setting that changes
+the features; a stale entry can therefore never be read.
+
+Pooling: ``cls`` (class token), ``avg`` (mean of the patch tokens, MAE's linear probe) or
+``cls+avg`` (both, concatenated, as DINO's linear evaluation of ViT-B). The organ of every
+sample is passed to the backbone unless ``use_organ`` is False (the unconditioned view).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from arlkit.errors import ConfigError
+
+__all__ = [
+    "POOLS",
+    "FeatureSet",
+    "cached_features",
+    "collate_samples",
+    "extract_features",
+    "pool_tokens",
+    "resolve_device",
+]
+
+POOLS: tuple[str, ...] = ("cls", "avg", "cls+avg")
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split.
+
+    Attributes:
+        features: ``(N, D)`` float32.
+        labels: ``(N,)`` int64 class labels (-1 where none).
+        organs: ``(N,)`` int64 taxonomy indices.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    organs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def select(self, indices: Any) -> FeatureSet:
+        """The rows ``indices`` (a sequence or array of ints)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return FeatureSet(self.features[idx], self.labels[idx], self.organs[idx])
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(choice)``."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {choice}: CUDA is not available here; use --device cpu")
+    return torch.device(choice)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack sample dicts into a batch; samples marked ``valid: False`` (bad files) are dropped.
+
+    Returns:
+        ``{"image": (B, 1, H, W), "organ": (B,), "label": (B,)}`` plus ``"mask": (B, H, W)``
+        when the samples have masks, and ``"dropped": int``.
+    """
+    good = [s for s in samples if s.get("valid", True)]
+    batch: dict[str, Any] = {"dropped": len(samples) - len(good)}
+    if not good:
+        return batch
+    batch["image"] = torch.stack([s["image"] for s in good]).float()
+    batch["organ"] = torch.tensor([int(s["organ"]) for s in good], dtype=torch.long)
+    batch["label"] = torch.tensor([int(s.get("label", -1)) for s in good], dtype=torch.long)
+    if all("mask" in s for s in good):
+        batch["mask"] = torch.stack([torch.as_tensor(s["mask"]).long() for s in good])
+    return batch
+
+
+def pool_tokens(tokens: torch.Tensor, num_prefix_tokens: int, pool: str) -> torch.Tensor:
+    """Pool tokens ``(B, prefix+N, C)`` → ``(B, C)`` (``cls``/``avg``) or ``(B, 2C)`` (``cls+avg``)."""
+    if pool not in POOLS:
+        raise ConfigError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
+    cls = tokens[:, 0]
+    avg = tokens[:, num_prefix_tokens:].mean(1)
+    return {"cls": cls, "avg": avg, "cls+avg": torch.cat([cls, avg], -1)}[pool]
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    dataset: Any,
+    *,
+    pool: str = "cls+avg",
+    use_organ: bool = True,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> FeatureSet:
+    """Encode every sample of ``dataset`` with the frozen ``backbone``.
+
+    Args:
+        backbone: follows the backbone contract (``forward_features(x, organ)``).
+        dataset: map-style dataset of sample dicts.
+        pool: ``cls``, ``avg`` or ``cls+avg``.
+        use_organ: pass each sample's organ index (else ``None``: unknown).
+        batch_size: images per forward pass.
+        device: where the backbone runs.
+        num_workers: DataLoader workers.
+
+    Returns:
+        The :class:`FeatureSet` on CPU (bad files left out).
+    """
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_samples)
+    feats, labels, organs = [], [], []
+    prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+    for batch in loader:
+        if "image" not in batch:
+            continue
+        organ = batch["organ"].to(device) if use_organ else None
+        tokens = backbone.forward_features(batch["image"].to(device), organ)  # (B, 1+N, C)
+        feats.append(pool_tokens(tokens, prefix, pool).float().cpu())
+        labels.append(batch["label"])
+        organs.append(batch["organ"])
+    backbone.train(was_training)
+    if not feats:
+        raise ConfigError("feature extraction: the split holds no readable images")
+    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(organs))
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_features(
+    backbone: nn.Module,
+    dataset: Any,
+    key: dict[str, Any],
+    cache_dir: str | None,
+    **kwargs: Any,
+) -> tuple[FeatureSet, bool]:
+    """:func:`extract_features`, read from or written to ``cache_dir`` under ``key``.
+
+    Args:
+        backbone: the frozen backbone.
+        dataset: the split to encode.
+        key: everything that determines the features (backbone fingerprint, data, split,
+            image size, pooling, organ use); JSON-serialisable.
+        cache_dir: a local directory, or None for no disk cache.
+        **kwargs: passed to :func:`extract_features` (``pool`` and ``use_organ`` belong in
+            ``key`` too).
+
+    Returns:
+        ``(features, hit)`` where ``hit`` says whether they came from the cache.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(cache_dir, f"features-{_key_hash(key)}.safetensors") if cache_dir else None
+    if path and os.path.exists(path):
+        t = load_file(path)
+        return FeatureSet(t["features"], t["labels"], t["organs"]), True
+    out = extract_features(backbone, dataset, **kwargs)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_file({"features": out.features.contiguous(), "labels": out.labels.contiguous(),
+                   "organs": out.organs.contiguous()}, tmp,
+                  metadata={"key": json.dumps(key, sort_keys=True, default=str)})
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return out, False

@@ -1,0 +1,299 @@
+"""End-to-end fine-tuning of a backbone with a linear head (the MAE/BEiT recipe, small).
+
+AdamW with layer-wise learning-rate decay (block ``i`` of ``L`` gets
+``lr · decay^(L + 1 - (i + 1))``; embeddings ``decay^(L+1)``; the head the full rate),
+stochastic depth increasing linearly over the blocks, linear warm-up then cosine decay.
+The epoch with the best validation balanced accuracy is kept and scored on the test split.
+The backbone passed in is copied, never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.data import DataLoader
+
+from arlkit.errors import ConfigError
+from arlkit.eval.features import collate_samples, pool_tokens
+
+__all__ = [
+    "Classifier",
+    "FinetuneResult",
+    "finetune_classifier",
+    "layer_decay_groups",
+    "layer_id",
+    "make_optimizer",
+    "set_drop_path",
+    "warmup_cosine",
+]
+
+_EMBED_PREFIXES = ("cls_token", "mask_token", "pos_embed", "patch_embed", "reg_token")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Depth of parameter ``name``: 0 embeddings, ``i + 1`` for ``blocks.i``, ``depth + 1`` else.
+
+    Names may carry a wrapper prefix (``model.blocks.3.attn...`` of a timm wrapper).
+    """
+    parts = name.split(".")
+    for j, part in enumerate(parts):
+        if part in _EMBED_PREFIXES:
+            return 0
+        if part == "blocks" and j + 1 < len(parts) and parts[j + 1].isdigit():
+            return int(parts[j + 1]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    depth: int,
+    no_weight_decay: set[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups with layer-wise learning-rate decay.
+
+    Args:
+        model: the module whose trainable parameters are grouped (names relative to it).
+        lr: learning rate of the top (head) layer.
+        weight_decay: applied to matrices; biases, norms and listed names get none.
+        layer_decay: factor per layer towards the input (1 = no decay).
+        depth: number of transformer blocks.
+        no_weight_decay: exact parameter names without weight decay.
+
+    Returns:
+        groups with ``params``, ``lr``, ``weight_decay`` and ``lr_scale``.
+    """
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lid = layer_id(name, depth)
+        decay = param.ndim > 1 and name not in no_weight_decay and not name.endswith(_EMBED_PREFIXES)
+        scale = layer_decay ** (depth + 1 - lid)
+        group = groups.setdefault((lid, decay), {
+            "params": [], "lr": lr * scale, "lr_scale": scale,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+        group["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
+def set_drop_path(backbone: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 to ``rate`` over ``backbone.blocks``.
+
+    Works with any block holding ``drop_path1``/``drop_path2`` (timm ViT, A-ViT).
+
+    Raises:
+        ConfigError: ``rate > 0`` on a backbone without such blocks.
+    """
+    blocks = list(getattr(backbone, "blocks", []) or getattr(getattr(backbone, "model", None), "blocks", []))
+    if not blocks or not all(hasattr(b, "drop_path1") for b in blocks):
+        if rate > 0:
+            raise ConfigError("--drop-path: the backbone has no timm-style blocks; use --drop-path 0")
+        return
+    for i, blk in enumerate(blocks):
+        r = rate * i / max(len(blocks) - 1, 1)
+        for attr in ("drop_path1", "drop_path2"):
+            setattr(blk, attr, DropPath(r) if r > 0 else nn.Identity())
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def make_optimizer(
+    model: nn.Module, backbone_attr: str, lr: float, weight_decay: float, layer_decay: float, depth: int
+) -> torch.optim.AdamW:
+    """AdamW over ``model`` with layer decay applied to the parameters under ``backbone_attr``."""
+    backbone = getattr(model, backbone_attr)
+    nwd = {f"{backbone_attr}.{n}" for n in getattr(backbone, "no_weight_decay", lambda: set())()}
+    groups = layer_decay_groups(model, lr, weight_decay, layer_decay, depth, nwd)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+class Classifier(nn.Module):
+    """Backbone + pooling + linear head.
+
+    Args:
+        backbone: follows the backbone contract.
+        num_classes: outputs.
+        pool: ``cls``, ``avg`` or ``cls+avg``.
+        use_organ: pass the organ condition to the backbone.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pool: str = "cls+avg",
+                 use_organ: bool = True) -> None:
+        super().__init__()
+        self.backbone, self.pool, self.use_organ = backbone, pool, use_organ
+        dim = backbone.embed_dim * (2 if pool == "cls+avg" else 1)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, organ: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, 1, H, W)``."""
+        tokens = self.backbone.forward_features(x, organ if self.use_organ else None)
+        return self.head(pool_tokens(tokens, int(self.backbone.num_prefix_tokens), self.pool))
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of :func:`finetune_classifier`.
+
+    Attributes:
+        test_probs: ``(N_test, C)`` probabilities of the kept epoch.
+        best_epoch: the kept epoch (by validation balanced accuracy).
+        val_scores: validation balanced accuracy per epoch.
+        steps: optimizer steps taken.
+    """
+
+    test_probs: np.ndarray
+    best_epoch: int
+    val_scores: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+def batches(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int,
+            drop_last: bool = False) -> DataLoader:
+    """A DataLoader of :func:`~arlkit.eval.features.collate_samples` batches, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      num_workers=workers, collate_fn=collate_samples, drop_last=drop_last)
+
+
+def schedule(epochs: int, steps: int | None, per_epoch: int) -> tuple[int, int]:
+    """``(epochs, total_steps)``: ``steps`` (when given) overrides ``epochs``."""
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {steps}")
+        return math.ceil(steps / per_epoch), steps
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    return epochs, epochs * per_epoch
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (N, C), labels (N,))`` of a classifier over a loader."""
+    model.eval()
+    probs, labels = [], []
+    for batch in loader:
+        if "image" in batch:
+            probs.append(model(batch["image"].to(device), batch["organ"].to(device)).softmax(-1).cpu())
+            labels.append(batch["label"])
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def _balanced(probs: np.ndarray, labels: np.ndarray) -> float:
+    pred = probs.argmax(1)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def _loop(loader: DataLoader, epochs: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    for epoch in range(epochs):
+        for batch in loader:
+            if "image" in batch:
+                yield epoch, batch
+
+
+def finetune_classifier(
+    backbone: nn.Module,
+    train: Any,
+    val: Any,
+    test: Any,
+    num_classes: int,
+    *,
+    epochs: int = 10,
+    steps: int | None = None,
+    lr: float = 5e-4,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    drop_path: float = 0.1,
+    warmup_fraction: float = 0.1,
+    batch_size: int = 32,
+    pool: str = "cls+avg",
+    use_organ: bool = True,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune a copy of ``backbone`` with a linear head; score the best epoch on ``test``.
+
+    Args:
+        backbone: the pretrained backbone (copied).
+        train, val, test: map-style datasets of sample dicts with ``label``.
+        num_classes: number of classes.
+        epochs: passes over ``train`` (``steps`` overrides).
+        steps: total optimizer steps.
+        lr: learning rate of the head; blocks get layer-decayed rates.
+        weight_decay, layer_decay, drop_path, warmup_fraction: see the module docstring.
+        batch_size, pool, use_organ, device, workers, seed: as named.
+        log: receives one line per epoch.
+
+    Returns:
+        The :class:`FinetuneResult`.
+    """
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    net = copy.deepcopy(backbone)
+    set_drop_path(net, drop_path)
+    model = Classifier(net, num_classes, pool, use_organ).to(device)
+    depth = int(getattr(net, "depth", len(getattr(net, "blocks", []))))
+    drop_last = len(train) > batch_size
+    loader = batches(train, batch_size, True, seed, workers, drop_last)
+    epochs, total = schedule(epochs, steps, max(1, len(loader)))
+    opt = make_optimizer(model, "backbone", lr, weight_decay, layer_decay, depth)
+    warmup = int(warmup_fraction * total)
+    val_loader = batches(val, batch_size, False, seed, workers) if len(val) else None
+    loss_fn = nn.CrossEntropyLoss()
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    scores: list[float] = []
+    step, current = 0, 0
+
+    def end_epoch(epoch: int) -> None:
+        nonlocal best
+        if val_loader is not None:
+            score = _balanced(*predict(model, val_loader, device))
+        else:  # no validation split: keep the last epoch
+            score = float(epoch)
+        scores.append(score)
+        if best is None or score > best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()))
+        if log:
+            log(f"epoch {epoch + 1}/{epochs}: val balanced accuracy {score:.4f}")
+        model.train()
+
+    model.train()
+    for epoch, batch in _loop(loader, epochs):
+        if epoch != current:
+            end_epoch(current)
+            current = epoch
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"] * warmup_cosine(step, total, warmup)
+        logits = model(batch["image"].to(device), batch["organ"].to(device))
+        loss = loss_fn(logits, batch["label"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step >= total:
+            break
+    end_epoch(current)
+    assert best is not None
+    model.load_state_dict(best[2])
+    probs, _ = predict(model, batches(test, batch_size, False, seed, workers), device)
+    return FinetuneResult(probs, best[1], scores, step)

@@ -1,0 +1,133 @@
+"""The protocols on resolved data: frozen features (linear, kNN), fine-tuning, segmentation.
+
+Each runner repeats its protocol for every label fraction of the configuration (the same
+seed for every fraction) and returns ``(metrics, details)`` keyed by the fraction
+(``"0.01"``, ``"1"``): the metrics with bootstrap intervals, and what was chosen on the
+way (learning rate, kept epoch, steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint
+from arlkit.eval.config import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WD, EvalConfig
+from arlkit.eval.data import EvalData, dataset_labels, subset
+from arlkit.eval.features import cached_features
+from arlkit.eval.metrics import classification_metrics, segmentation_metrics
+from arlkit.eval.splits import label_fraction_indices
+
+__all__ = ["format_metrics", "run_classification", "run_segmentation"]
+
+Log = Callable[[str], None]
+
+
+def _fmt_fraction(f: float) -> str:
+    return f"{f:g}"
+
+
+def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
+              log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Linear / kNN / fine-tune for every label fraction → (metrics, details) by fraction."""
+    from arlkit.eval.finetune import finetune_classifier
+    from arlkit.eval.knn import knn_classify
+    from arlkit.eval.linear import DEFAULT_LRS, linear_probe
+
+    num_classes = len(data.classes)
+    metrics: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.protocol]
+    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[cfg.protocol]
+    if cfg.protocol in ("linear", "knn"):
+        fp = backbone_fingerprint(bb.model)
+        feats = {}
+        for split in ("train", "val", "test"):
+            key = {"backbone": fp, "data": data.spec, "info": data.info, "split": split,
+                   "image_size": cfg.image_size, "pool": cfg.pool, "organ": cfg.use_organ}
+            feats[split], hit = cached_features(
+                bb.model, getattr(data, split), key, cfg.cache_dir, pool=cfg.pool,
+                use_organ=cfg.use_organ, batch_size=cfg.batch_size, device=device,
+                num_workers=cfg.workers)
+            log(f"features {split}: {tuple(feats[split].features.shape)}"
+                + (" (cache)" if hit else ""))
+        train, val, test = feats["train"], feats["val"], feats["test"]
+        for frac in cfg.label_fractions:
+            sub = train.select(label_fraction_indices(train.labels.numpy(), frac, cfg.seed))
+            if cfg.protocol == "linear":
+                res = linear_probe(sub.features, sub.labels, val.features, val.labels, test.features,
+                                   num_classes, tuple(cfg.lrs or DEFAULT_LRS),
+                                   _linear_epochs(epochs, cfg.steps, len(sub)), wd,
+                                   batch_size=_LINEAR_BATCH, seed=cfg.seed)
+                probs = res.test_probs
+                details[_fmt_fraction(frac)] = {"n_train": len(sub), "lr": res.lr,
+                                                "val_balanced_accuracy": {f"{k:g}": v for k, v in res.val_scores.items()},
+                                                "selected_on": res.selected_on}
+            else:
+                probs = knn_classify(sub.features, sub.labels, test.features, num_classes,
+                                     cfg.k, cfg.temperature).numpy()
+                details[_fmt_fraction(frac)] = {"n_train": len(sub), "k": min(cfg.k, len(sub)),
+                                                "temperature": cfg.temperature}
+            metrics[_fmt_fraction(frac)] = classification_metrics(test.labels.numpy(), probs,
+                                                                  cfg.n_boot, cfg.seed)
+            log(f"fraction {frac:g}: {format_metrics(metrics[_fmt_fraction(frac)])}")
+        return metrics, details
+    lr = (cfg.lrs or DEFAULT_LR["finetune"])[0]
+    for frac in cfg.label_fractions:
+        idx = label_fraction_indices(data.train_labels, frac, cfg.seed)
+        res = finetune_classifier(
+            bb.model, subset(data.train, idx), data.val, data.test, num_classes, epochs=epochs,
+            steps=cfg.steps, lr=lr, weight_decay=wd, layer_decay=cfg.layer_decay,
+            drop_path=cfg.drop_path, batch_size=cfg.batch_size, pool=cfg.pool,
+            use_organ=cfg.use_organ, device=device, workers=cfg.workers, seed=cfg.seed, log=log)
+        labels = dataset_labels(data.test)
+        metrics[_fmt_fraction(frac)] = classification_metrics(labels, res.test_probs, cfg.n_boot, cfg.seed)
+        details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,
+                                        "val_balanced_accuracy": res.val_scores, "steps": res.steps}
+        log(f"fraction {frac:g}: {format_metrics(metrics[_fmt_fraction(frac)])}")
+    return metrics, details
+
+
+_LINEAR_BATCH = 256
+
+
+def _linear_epochs(epochs: int, steps: int | None, n: int) -> int:
+    """Epochs of the linear probe; ``--steps`` counts optimizer steps of 256 examples."""
+    if steps is None:
+        return epochs
+    return max(1, math.ceil(steps / math.ceil(n / _LINEAR_BATCH)))
+
+
+def run_segmentation(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
+             log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    from arlkit.eval.segment import decoder_width, train_segmentation
+
+    num_classes = len(data.classes)
+    lr = (cfg.lrs or DEFAULT_LR["segment"])[0]
+    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD["segment"]
+    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS["segment"]
+    metrics, details = {}, {}
+    for frac in cfg.label_fractions:
+        idx = label_fraction_indices(data.train_labels, frac, cfg.seed)
+        res = train_segmentation(
+            bb.model, subset(data.train, idx), data.val, data.test, num_classes, epochs=epochs,
+            steps=cfg.steps, lr=lr, weight_decay=wd, layer_decay=cfg.layer_decay,
+            drop_path=cfg.drop_path, batch_size=cfg.batch_size, freeze_backbone=cfg.freeze_backbone,
+            channels=cfg.decoder_channels,
+            use_organ=cfg.use_organ, device=device, workers=cfg.workers, seed=cfg.seed, log=log)
+        metrics[_fmt_fraction(frac)] = segmentation_metrics(res.pred, res.target, num_classes,
+                                                            cfg.n_boot, cfg.seed)
+        details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,
+                                        "val_dice": res.val_scores, "steps": res.steps,
+                                        "decoder_channels": cfg.decoder_channels
+                                        or decoder_width(int(bb.model.embed_dim))}
+        log(f"fraction {frac:g}: {format_metrics(metrics[_fmt_fraction(frac)])}")
+    return metrics, details
+
+
+def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
+    """``accuracy 0.7200 [0.6550, 0.7800], ...`` for a log line."""
+    return ", ".join(f"{k} {v['value']:.4f} [{v['low']:.4f}, {v['high']:.4f}]" for k, v in metrics.items())

@@ -1,0 +1,164 @@
+"""One evaluation: a backbone, a task, a protocol, one or more label fractions → results.
+
+:func:`run_eval` is what every ``arlkit eval`` command calls. It resolves the backbone
+and the data, runs the protocol for every label fraction with the same seeds, and writes
+into the output directory:
+
+- ``settings.json``: the resolved settings, provenance (backbone fingerprint, checkpoint,
+  data splits), library versions and seeds — enough to reproduce the numbers;
+- ``results.json``: every metric with its bootstrap 95% interval, per label fraction.
+
+The same configuration and seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from arlkit.errors import ConfigError, DataError
+from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint, resolve_backbone
+from arlkit.eval.config import DEFAULT_BATCH, PROTOCOLS, EvalConfig
+from arlkit.eval.data import load_eval_data, task_name
+from arlkit.eval.features import POOLS, resolve_device
+from arlkit.eval.protocols import format_metrics, run_classification, run_segmentation
+
+__all__ = ["PROTOCOLS", "EvalConfig", "default_out", "run_eval", "summary_lines", "write_json"]
+
+
+def default_out(protocol: str, data: str, backbone_name: str) -> str:
+    """``runs/eval/<protocol>-<task>-<backbone name>``."""
+    return os.path.join("runs", "eval", f"{protocol}-{task_name(data)}-{backbone_name}")
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    import arlkit
+
+    out = {"arlkit": arlkit.__version__, "torch": torch.__version__, "timm": timm.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import sklearn
+
+        out["scikit-learn"] = sklearn.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _check(cfg: EvalConfig) -> None:
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if cfg.pool not in POOLS:
+        raise ConfigError(f"--pool {cfg.pool!r}: choose one of {', '.join(POOLS)}")
+    if (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.n_boot < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --n-boot >= 0 (got {cfg.batch_size}, {cfg.n_boot})")
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """A short human summary of ``results.json`` content, one line per label fraction."""
+    head = f"{results['protocol']} · {results['task']} · {results['backbone']}"
+    lines = []
+    for frac, metrics in results["metrics"].items():
+        n = results["details"].get(frac, {}).get("n_train", "?")
+        lines.append(f"{head} · {float(frac) * 100:g}% labels (n_train {n}): {format_metrics(metrics)}")
+    return lines
+
+
+def run_eval(
+    cfg: EvalConfig,
+    backbone: ResolvedBackbone | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one evaluation and write ``settings.json`` and ``results.json``.
+
+    Args:
+        cfg: the settings (``cfg.out`` None → :func:`default_out`).
+        backbone: an already resolved backbone (``compare`` resolves each once).
+        log: progress lines (default: silent).
+
+    Returns:
+        The results (also in ``results.json``), with ``"out"`` the output directory.
+
+    Raises:
+        ConfigError: bad settings, backbone or data specification.
+        DataError: data unusable for the protocol.
+    """
+    log = log or (lambda _line: None)
+    _check(cfg)
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    bb = backbone or resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
+    patch = int(getattr(bb.model, "patch_size", 16))
+    size = cfg.image_size or int(getattr(bb.model, "img_size", 224))
+    if size % patch:
+        raise ConfigError(
+            f"--image-size {size} is not a multiple of the backbone's patch size {patch}; "
+            f"use {max(patch, round(size / patch) * patch)}"
+        )
+    cfg = dataclasses.replace(cfg, image_size=size,
+                              batch_size=cfg.batch_size or DEFAULT_BATCH[cfg.protocol])
+    device = resolve_device(cfg.device)
+    data = load_eval_data(cfg.data, size, bb.model.taxonomy, segmentation=cfg.protocol == "segment",
+                          n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+                          data_seed=cfg.data_seed, seed=cfg.seed)
+    if data.info.get("label_source") == "organ" and cfg.use_organ:
+        # the class is the organ: conditioning on it would hand the answer to the backbone
+        cfg = dataclasses.replace(cfg, use_organ=False)
+        log("labels are the organs of the folder tree: the organ condition is switched off")
+    if cfg.protocol != "segment" and (data.train_labels < 0).any():
+        raise DataError(
+            f"--data {cfg.data}: training examples without image labels; "
+            + ("this is a segmentation task: use 'arlkit eval segment'"
+               if data.info.get("task") in ("cardiac_seg",) else "give every row a label")
+        )
+    out = cfg.out or default_out(cfg.protocol, cfg.data, bb.name)
+    log(f"{cfg.protocol} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
+        f"train/val/test, {size}px) with {bb.name} [{bb.kind}: {bb.source}] on {device}")
+    run = run_segmentation if cfg.protocol == "segment" else run_classification
+    metrics, details = run(cfg, bb, data, device, log)
+    results = {"protocol": cfg.protocol, "task": data.name, "backbone": bb.name, "data": cfg.data,
+               "classes": data.classes, "metrics": metrics, "details": details,
+               "sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+               "seconds": round(time.time() - started, 2)}
+    settings = {"config": {**dataclasses.asdict(cfg), "out": out},
+                "backbone": {"name": bb.name, "kind": bb.kind, "source": bb.source, **bb.info,
+                             "fingerprint": backbone_fingerprint(bb.model)},
+                "data": data.info, "device": str(device), "versions": _versions(),
+                "seeds": {"protocol": cfg.seed, "data": cfg.data_seed, "bootstrap": cfg.seed}}
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "settings.json"), settings)
+    write_json(os.path.join(out, "results.json"), results)
+    return {**results, "out": out}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented, strict JSON (NaN becomes null)."""
+    with open(path, "w") as handle:
+        json.dump(_plain(obj), handle, indent=2, allow_nan=False)
+        handle.write("\n")

@@ -1,0 +1,116 @@
+"""Linear probe and kNN on features whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arlkit.errors import ConfigError
+from arlkit.eval.knn import knn_classify
+from arlkit.eval.linear import linear_probe, train_linear
+
+
+def _separable(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian features, labels by a random hyperplane with a margin."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=torch.Generator().manual_seed(99))
+    x = torch.randn(n, d, generator=g) * 3 + 1.0  # not standardised: the probe must cope
+    margin = (x - 1.0) @ w
+    x = x + 0.5 * torch.sign(margin)[:, None] * w / w.norm()  # push apart: a clear margin
+    return x, (margin > 0).long()
+
+
+def test_linear_probe_separates_separable_features() -> None:
+    x, y = _separable(900, 16, seed=0)
+    res = linear_probe(x[:400], y[:400], x[400:500], y[400:500], x[500:], 2, seed=0)
+    acc = (res.test_probs.argmax(1) == y[500:].numpy()).mean()
+    assert acc >= 0.98
+    assert res.selected_on == "val" and res.lr in res.val_scores
+    assert np.allclose(res.test_probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_linear_probe_is_at_chance_on_shuffled_labels() -> None:
+    x, y = _separable(2400, 16, seed=1)
+    y_train = y[:400][torch.randperm(400, generator=torch.Generator().manual_seed(5))]
+    res = linear_probe(x[:400], y_train, x[400:600], y[400:600], x[600:], 2, seed=0)
+    acc = (res.test_probs.argmax(1) == y[600:].numpy()).mean()
+    # 1800 test examples: chance is 0.5 with a standard deviation of ~0.012
+    assert abs(acc - 0.5) < 0.06
+
+
+def test_linear_probe_is_deterministic() -> None:
+    x, y = _separable(300, 8, seed=2)
+    a = linear_probe(x[:100], y[:100], x[100:150], y[100:150], x[150:], 2, lrs=(0.1, 1.0), seed=4)
+    b = linear_probe(x[:100], y[:100], x[100:150], y[100:150], x[150:], 2, lrs=(0.1, 1.0), seed=4)
+    assert a.lr == b.lr and np.array_equal(a.test_probs, b.test_probs)
+
+
+def test_linear_probe_without_validation_selects_on_train() -> None:
+    x, y = _separable(60, 4, seed=3)
+    res = linear_probe(x[:40], y[:40], x[:0], y[:0], x[40:], 2, lrs=(0.1,), epochs=10)
+    assert res.selected_on == "train"
+    with pytest.raises(ConfigError, match="empty"):
+        train_linear(x[:0], y[:0], 2, 0.1)
+
+
+def test_knn_by_hand() -> None:
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    test = torch.tensor([[1.0, 0.05], [0.1, 1.0]])
+    probs = knn_classify(train, labels, test, 2, k=2, temperature=0.1)
+    # first query: both nearest neighbours are class 0
+    assert probs[0].tolist() == pytest.approx([1.0, 0.0])
+    # second query: neighbours are train[2] (class 1) and train[1] (class 0), weighted exp(cos / T)
+    q = torch.nn.functional.normalize(test[1:], dim=1)
+    sims = (q @ torch.nn.functional.normalize(train, dim=1).T)[0]
+    w1, w0 = torch.exp(sims[2] / 0.1), torch.exp(sims[1] / 0.1)
+    assert probs[1].tolist() == pytest.approx([float(w0 / (w0 + w1)), float(w1 / (w0 + w1))], rel=1e-5)
+
+
+def test_knn_caps_k_and_checks_arguments() -> None:
+    train = torch.randn(3, 4)
+    probs = knn_classify(train, torch.tensor([0, 1, 1]), torch.randn(5, 4), 2, k=20)
+    assert probs.shape == (5, 2)
+    assert torch.allclose(probs.sum(1), torch.ones(5))
+    with pytest.raises(ConfigError):
+        knn_classify(train, torch.tensor([0, 1, 1]), train, 2, k=0)
+
+
+def test_sweep_classifiers_equal_single_runs() -> None:
+    from arlkit.eval.linear import train_linear_many
+
+    x, y = _separable(120, 6, seed=4)
+    many = train_linear_many(x, y, 2, (0.03, 0.3), epochs=5, weight_decay=1e-3, batch_size=32, seed=2)
+    for lr, clf in zip((0.03, 0.3), many):
+        alone = train_linear(x, y, 2, lr, epochs=5, weight_decay=1e-3, batch_size=32, seed=2)
+        assert torch.allclose(clf.linear.weight, alone.linear.weight, atol=1e-6)
+
+
+def test_sweep_matches_torch_sgd() -> None:
+    """The hand-written update is SGD with momentum, L2 decay and a cosine schedule."""
+    import math
+
+    x, y = _separable(64, 5, seed=6)
+    ours = train_linear(x, y, 2, 0.1, epochs=3, weight_decay=1e-2, batch_size=16, seed=1)
+    xs = (x - x.mean(0)) / x.std(0, unbiased=False)
+    lin = torch.nn.Linear(5, 2)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.SGD([{"params": [lin.weight], "weight_decay": 1e-2},
+                           {"params": [lin.bias], "weight_decay": 0.0}], lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    total, step = 3 * 4, 0
+    for _ in range(3):
+        order = torch.randperm(64, generator=gen)
+        for s in range(0, 64, 16):
+            idx = order[s : s + 16]
+            for g in opt.param_groups:
+                g["lr"] = 0.1 * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = torch.nn.functional.cross_entropy(lin(xs[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    assert torch.allclose(ours.linear.weight, lin.weight, atol=1e-5)
+    assert torch.allclose(ours.linear.bias, lin.bias, atol=1e-5)
