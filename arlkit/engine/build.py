@@ -52,7 +52,7 @@ def _views_layout(views: Any, patch_size: int) -> tuple[int, int, int]:
     """(n_global, n_local, global_size) of a views transform."""
     n_global = int(getattr(views, "n_global", 1))
     n_local = int(getattr(views, "n_local", 0))
-    size = int(getattr(views, "global_size"))
+    size = int(views.global_size)
     if size % patch_size:
         raise ConfigError(
             f"data.views: global_size {size} is not a multiple of the patch size {patch_size}"
@@ -87,6 +87,7 @@ def build_components(recipe: Recipe, registries: Registries | None = None) -> Co
         total_steps=recipe.train.steps,
         steps_per_epoch=max(len(dataset) // recipe.data.batch_size, 1),
         objectives=names,
+        taxonomy=taxonomy,
     )
     objectives: list[Objective] = []
     for spec in recipe.objectives:

@@ -37,6 +37,7 @@ class ObjectiveContext:
         n_global, n_local: views per image.
         total_steps, steps_per_epoch: schedule lengths.
         objectives: names of all objectives of the recipe (for requirements).
+        taxonomy: the recipe's organ taxonomy (:class:`arlkit.taxonomy.Taxonomy`).
     """
 
     embed_dim: int
@@ -50,6 +51,7 @@ class ObjectiveContext:
     total_steps: int
     steps_per_epoch: int
     objectives: tuple[str, ...]
+    taxonomy: Any = None
 
 
 class Objective(nn.Module):

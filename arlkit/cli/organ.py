@@ -1,0 +1,273 @@
+"""``arlkit organ train|predict|add|robustness``: organ recognition and taxonomy extension.
+
+Examples::
+
+    arlkit organ train --backbone backbone.safetensors --data synthetic --out organ_head.safetensors
+    arlkit organ predict --backbone backbone.safetensors --head organ_head.safetensors \\
+        --data manifest.csv --out predictions.csv
+    arlkit organ add backbone.safetensors --name ovary_new --data few_ovaries.csv \\
+        --out extended.safetensors --head organ_head.safetensors
+    arlkit organ robustness --backbone soft.safetensors --head organ_head.safetensors \\
+        --data synthetic:breast --fraction 0.3
+
+``--data`` is ``synthetic`` (the multi-organ corpus; ``--n`` images) or a manifest/folder
+with organ labels. Predictions are a CSV with the predicted organ and its confidence; rows
+under ``--min-confidence`` are marked ``low_confidence`` rather than silently trusted, and
+confident predictions that contradict a given organ label are marked ``label_mismatch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _dataset(spec: str, taxonomy: Any, size: int, n: int, seed: int) -> Any:
+    from arlkit.errors import ConfigError, DataError
+
+    if spec == "synthetic" or spec == "synthetic:organs":
+        from arlkit.data.synthetic import SyntheticUltrasound
+
+        return SyntheticUltrasound(size=size, length=n, seed=seed, taxonomy=taxonomy)
+    from arlkit.eval.backbones import _exists
+
+    if not _exists(spec):
+        raise ConfigError(f"--data {spec}: no such manifest or folder (or write 'synthetic')")
+    from arlkit.data.dataset import ManifestDataset
+
+    ds = ManifestDataset(spec, taxonomy, size=size)
+    if len(ds) == 0:
+        raise DataError(f"--data {spec}: the manifest lists no images; add rows with an organ")
+    return ds
+
+
+def _backbone(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """The model and, for exports and runs, its rebuildable configuration."""
+    from arlkit.eval.backbones import resolve_backbone
+
+    resolved = resolve_backbone(args.backbone, getattr(args, "arch", None), args.seed)
+    config = None
+    if resolved.kind == "export":
+        from arlkit.engine.export import read_export
+
+        config = read_export(resolved.source)[1]
+    return resolved.model, config
+
+
+def _size(args: argparse.Namespace, model: Any) -> int:
+    return int(args.image_size or getattr(model, "img_size", 224))
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from arlkit.cli.output import console
+    from arlkit.organ.classifier import save_head, stack_samples, train_organ_classifier
+
+    model, _ = _backbone(args)
+    ds = _dataset(args.data, model.taxonomy, _size(args, model), args.n, args.seed)
+    images, organs = stack_samples(ds, where=f"--data {args.data}")
+    perm = torch.randperm(len(organs), generator=torch.Generator().manual_seed(args.seed))
+    n_val = max(1, int(len(perm) * args.val_fraction)) if args.val_fraction > 0 else 0
+    val, tr = perm[:n_val], perm[n_val:]
+    head = train_organ_classifier(model, images[tr], organs[tr], model.taxonomy, steps=args.steps,
+                                  seed=args.seed)
+    msg = f"organ head trained on {len(tr)} images"
+    if n_val:
+        from arlkit.organ.classifier import organ_features
+
+        pred = head(organ_features(model, images[val])).argmax(-1)
+        acc = float((pred == organs[val]).float().mean())
+        n_cls = len(set(organs[tr].tolist()))
+        msg += f"; held-out accuracy {acc:.3f} on {n_val} images (chance {1 / n_cls:.3f})"
+    save_head(head, args.out, {"backbone": args.backbone})
+    console().print(f"{msg}; wrote {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from arlkit.cli.output import console
+    from arlkit.organ.auto import AutoOrganBackbone
+    from arlkit.organ.classifier import load_head
+
+    model, _ = _backbone(args)
+    auto = AutoOrganBackbone(model, load_head(args.head, model.taxonomy))
+    ds = _dataset(args.data, model.taxonomy, _size(args, model), args.n, args.seed)
+    if len(ds) == 0:
+        from arlkit.errors import DataError
+
+        raise DataError(f"--data {args.data}: no images")
+    names = model.taxonomy.names
+    low = mismatch = 0
+    with open(args.out, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "organ", "confidence", "second", "second_confidence", "given", "status"])
+        for start in range(0, len(ds), 64):
+            samples = [ds[i] for i in range(start, min(start + 64, len(ds)))]
+            x = torch.stack([s["image"] for s in samples])  # (b, 1, H, W)
+            with torch.no_grad():
+                probs = auto.organ_probabilities(x)  # (b, K)
+            top = probs.topk(min(2, probs.shape[1]), -1)
+            for s, p, i in zip(samples, top.values.tolist(), top.indices.tolist()):
+                given = int(s["organ"])
+                status = "ok"
+                if p[0] < args.min_confidence:
+                    status, low = "low_confidence", low + 1
+                elif given != model.taxonomy.unknown_index and given != i[0]:
+                    status, mismatch = "label_mismatch", mismatch + 1  # a wrong label, or a wrong guess
+                out.writerow([s["id"], names[i[0]], f"{p[0]:.4f}", names[i[-1]], f"{p[-1]:.4f}",
+                              names[given], status])
+    console().print(f"wrote {len(ds)} predictions to {args.out} "
+                    f"({low} below confidence {args.min_confidence}, {mismatch} confident and "
+                    "disagreeing with the given organ)")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from arlkit.cli.output import console
+    from arlkit.engine.export import export_backbone
+    from arlkit.errors import ConfigError, DataError
+    from arlkit.organ.classifier import load_head, save_head, stack_samples
+    from arlkit.organ.extend import add_organ
+
+    args.backbone = args.source
+    model, config = _backbone(args)
+    if config is None:
+        from arlkit.eval.backbones import resolve_backbone  # a run directory
+
+        if resolve_backbone(args.source).kind != "run":
+            raise ConfigError(f"organ add: {args.source} is neither an export nor a run directory")
+        import fsspec
+        import yaml
+
+        from arlkit.engine.export import backbone_config
+        from arlkit.recipe import validate_recipe
+
+        rfile = f"{args.source.rstrip('/')}/recipe.resolved.yaml"
+        with fsspec.open(rfile, "r") as handle:
+            config = backbone_config(validate_recipe(yaml.safe_load(handle.read()), rfile))
+    if args.name in model.taxonomy.organs:
+        raise ConfigError(f"organ add: {args.name!r} is already in the taxonomy")
+    tax = model.taxonomy.extended([args.name])  # the manifest may name the new organ
+    ds = _dataset(args.data, tax, _size(args, model), 1, args.seed)
+    images, organs = stack_samples(ds, where=f"--data {args.data}")
+    pos = organs == tax.index(args.name)
+    if not bool(pos.any()):
+        raise DataError(f"--data {args.data}: no row has organ {args.name!r}; label a few images")
+    known = (~pos) & (organs < tax.num_classes)
+    head = load_head(args.head, model.taxonomy) if args.head else None
+    added = add_organ(model, args.name, images[pos], head=head,
+                      negatives=(images[known], organs[known]), steps=args.steps, seed=args.seed)
+    config = {**config, "taxonomy": list(added.taxonomy.organs)}
+    export_backbone(model, config, args.out, extra={
+        "extended_from": args.source, "added_organs": json.dumps([args.name]),
+        "init_from": added.init_from})
+    if head is not None:
+        save_head(head, args.head_out or args.out.replace(".safetensors", "") + ".organ_head.safetensors")
+    console().print(
+        f"added organ {args.name!r} (index {added.index}, initialised from {added.init_from!r}) "
+        f"on {int(pos.sum())} images; loss {added.loss_first:.4f} -> {added.loss_last:.4f}; "
+        f"wrote {args.out}")
+    return 0
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    import torch
+
+    from arlkit.cli.output import console
+    from arlkit.errors import ConfigError
+    from arlkit.eval.data import load_eval_data
+    from arlkit.organ.auto import AutoOrganBackbone
+    from arlkit.organ.classifier import load_head
+    from arlkit.organ.robustness import robustness_row
+
+    heads = args.head or []
+    if heads and len(heads) != len(args.backbone):
+        raise ConfigError("organ robustness: give one --head per --backbone ('-' for none)")
+    rows = []
+    for i, spec in enumerate(args.backbone):
+        ns = argparse.Namespace(backbone=spec, arch=args.arch, seed=args.seed)
+        model, _ = _backbone(ns)
+        data = load_eval_data(args.data, _size(args, model), model.taxonomy, n_train=args.n_train,
+                              n_val=1, n_test=args.n_test, data_seed=args.seed)
+        sets = []
+        for split in (data.train, data.test):
+            samples = [split[j] for j in range(len(split))]
+            sets.append((torch.stack([s["image"] for s in samples]),
+                         torch.tensor([int(s["organ"]) for s in samples]),
+                         torch.tensor([int(s["label"]) for s in samples])))
+        cond = type(model.blocks[0].conditioner).__name__ if hasattr(model, "blocks") else "?"
+        rows.append((spec, robustness_row(cond, model, sets[0], sets[1], args.fraction, args.seed)))
+        if heads and heads[i] != "-":
+            auto = AutoOrganBackbone(model, load_head(heads[i], model.taxonomy))
+            rows.append((spec, robustness_row("auto", auto, sets[0], sets[1], args.fraction,
+                                              args.seed)))
+    console().print(f"organ labels corrupted: {args.fraction:.0%} of test images ({args.data})")
+    console().print(f"{'backbone':30s} {'mode':26s} {'clean':>7s} {'corrupt':>7s} {'drop':>7s}")
+    for spec, r in rows:
+        console().print(f"{spec[-30:]:30s} {r.mode:26s} {r.clean:7.3f} {r.corrupted:7.3f} {r.drop:7.3f}")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump([{"backbone": s, "mode": r.mode, "clean": r.clean, "corrupted": r.corrupted,
+                        "drop": r.drop} for s, r in rows], handle, indent=2)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
+    if backbone:
+        p.add_argument("--backbone", required=True, help="exported .safetensors, run directory or 'random'")
+    p.add_argument("--arch", default=None, help="architecture of --backbone random (recipe or export)")
+    p.add_argument("--image-size", type=int, default=None, help="square side (default: nominal)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``organ`` command group."""
+    og = sub.add_parser("organ", help="organ recognition, organ='auto', new organs, robustness")
+    og.set_defaults(handler=lambda args: (og.print_help(), 2)[1])
+    ogs = og.add_subparsers(dest="organ_command", metavar="SUBCOMMAND")
+    p = ogs.add_parser("train", help="train an organ head on a frozen backbone")
+    _common(p)
+    p.add_argument("--data", required=True, help="'synthetic' or a manifest/folder with organs")
+    p.add_argument("--n", type=int, default=400, help="synthetic images")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held out to report accuracy")
+    p.add_argument("--out", default="organ_head.safetensors")
+    p.set_defaults(handler=_train)
+    p = ogs.add_parser("predict", help="per-image organ predictions with confidence (CSV)")
+    _common(p)
+    p.add_argument("--head", required=True,
+                   help="organ head from 'arlkit organ train', or a run trained with organ_classifier")
+    p.add_argument("--data", required=True)
+    p.add_argument("--n", type=int, default=100, help="synthetic images")
+    p.add_argument("--min-confidence", type=float, default=0.5)
+    p.add_argument("--out", default="organ_predictions.csv")
+    p.set_defaults(handler=_predict)
+    p = ogs.add_parser("add", help="add an organ class; old outputs stay identical")
+    p.add_argument("source", help="exported backbone or run directory")
+    _common(p, backbone=False)
+    p.add_argument("--name", required=True, help="the new organ's name")
+    p.add_argument("--data", required=True, help="manifest with a few images of the new organ")
+    p.add_argument("--head", default=None, help="organ head to extend too")
+    p.add_argument("--head-out", default=None)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--out", required=True, help="extended export (.safetensors)")
+    p.set_defaults(handler=_add)
+    p = ogs.add_parser("robustness", help="metric drop when organ labels are wrong")
+    p.add_argument("--backbone", action="append", required=True, help="repeatable")
+    p.add_argument("--head", action="append", default=None, help="organ head per backbone ('-': none)")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--data", required=True, help="synthetic:TASK or a labelled manifest")
+    p.add_argument("--fraction", type=float, default=0.3)
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON of the table")
+    p.set_defaults(handler=_robustness)
