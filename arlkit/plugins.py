@@ -59,6 +59,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "arlkit.data.plugin",
     "arlkit.data.synthetic.plugin",
     "arlkit.engine.plugin",
+    "arlkit.eval.plugin",
+    "arlkit.organ.plugin",
 )
 
 

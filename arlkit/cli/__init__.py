@@ -22,6 +22,8 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "arlkit.cli.core",
     "arlkit.cli.data",
+    "arlkit.cli.eval",
+    "arlkit.cli.organ",
     "arlkit.cli.viz",
 )
 

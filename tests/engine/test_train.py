@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from toy_recipes import RECIPES
 
 from arlkit.engine import checkpoint as ckpt
 from arlkit.engine.objectives import Objective
@@ -16,8 +17,6 @@ from arlkit.engine.run import run_recipe
 from arlkit.engine.trainer import TrainingStopped
 from arlkit.errors import ArlkitError
 from arlkit.recipe import RecipeError, load_recipe
-
-from toy_recipes import RECIPES
 
 ALL_RECIPES = sorted(p.name for p in RECIPES.glob("*.yaml"))
 
