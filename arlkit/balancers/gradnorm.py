@@ -160,7 +160,8 @@ class GradNormRatio:
                     f"gradnorm_ratio: loss {name!r} does not depend on the balancing parameter; "
                     "pass a parameter both losses flow through (the decoder's last layer)"
                 )
-            grads.append(g.float())  # float32 even if the gradient is bf16
+            # at least float32 (a bf16 gradient under autocast), float64 stays float64
+            grads.append(g.float() if g.dtype in (torch.float16, torch.bfloat16) else g)
         both = torch.stack(grads)  # (2, *param.shape)
         if dist.is_available() and dist.is_initialized():
             # Average the gradients, not their norms: λ is then the ratio of the global
