@@ -105,6 +105,7 @@ def run_recipe(
             f"'arlkit run {source} --resume', or start anew with run_dir=<another directory>"
         )
 
+    _share_cores(device, recipe.data.num_workers)
     dist_info = setup(device)
     try:
         from arlkit.data.sampler import OrganBalancedSampler
@@ -153,6 +154,14 @@ def run_recipe(
         return 130 if result.interrupted else 0
     finally:
         cleanup(dist_info)
+
+
+def _share_cores(device: torch.device, num_workers: int) -> None:
+    """Leave a core per loader worker on CPU: oversubscribed OpenMP threads spin and slow
+    training by an order of magnitude on small machines."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and num_workers > 0 and torch.get_num_threads() + num_workers > cores:
+        torch.set_num_threads(max(1, cores - num_workers))
 
 
 def _bad_file_log(dataset: Any, run_dir: str, enabled: bool) -> Any:
