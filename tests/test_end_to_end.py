@@ -5,11 +5,11 @@
 initialisation of the same architecture with the same protocol and seed.
 
 Measured on the 2-core development CPU (2026-11-27), 400/100/400 train/val/test images:
-random init reaches 0.78–0.80 accuracy, quickstart-pretrained backbones 0.72–0.78 (five
-quickstart variants). At this toy scale (0.5 M parameters, ~3k images seen) pretraining does
-not yet beat random features on the breast probe, so this test pins what holds — the whole
-pipeline runs from the README's commands and both backbones are far above chance — and
-prints the margin; see the notes of issue 7.
+random init reaches 0.78–0.80 accuracy; the shipped quickstart 0.805 (a tie), earlier
+quickstart variants 0.72–0.78. At this toy scale (0.5 M parameters, ~3k images seen)
+pretraining does not reliably beat random features on the breast probe, so this test pins
+what holds — the whole pipeline runs from the README's commands and both backbones are far
+above chance — and prints the margin; see the notes of issue 7.
 """
 
 from __future__ import annotations

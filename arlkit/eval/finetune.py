@@ -216,7 +216,7 @@ def finetune_classifier(
     test: Any,
     num_classes: int,
     *,
-    epochs: int = 10,
+    epochs: int = 5,
     steps: int | None = None,
     lr: float = 5e-4,
     weight_decay: float = 0.05,

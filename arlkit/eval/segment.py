@@ -148,7 +148,7 @@ def train_segmentation(
     test: Any,
     num_classes: int,
     *,
-    epochs: int = 10,
+    epochs: int = 5,
     steps: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 0.05,
