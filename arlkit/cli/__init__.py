@@ -52,7 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from arlkit.cli.output import print_error
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling a ``nargs="*"`` positional at the first option, so
+        # ``arlkit run R --dry-run a.b=1`` would leave ``a.b=1`` unparsed: take such
+        # KEY=VALUE words as overrides; anything else is still a usage error.
+        if isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in word and not word.startswith("-") for word in extra
+        ):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -64,8 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArlkitError as exc:
         print_error(str(exc))
         return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print_error(f"{where}{exc.strerror or exc}; check the path and its permissions")
+        return 1
     except KeyboardInterrupt:
         print_error("interrupted")
         return 130
-    except BrokenPipeError:
-        return 0

@@ -33,8 +33,8 @@ def _register_offsets(viz_sub: argparse._SubParsersAction) -> None:
         description=(
             "Draw where the ACDT block samples keys/values around chosen token positions, "
             "for two organs side by side, so you can see the receptive field follow the "
-            "anatomy. MODEL is an 'arlkit export' .safetensors file (rebuilt from its own "
-            "config), a torch checkpoint holding an A-ViT state dict (built from --size, "
+            "anatomy. The model is an 'arlkit export' .safetensors file or a run directory "
+            "(rebuilt from its own config), a torch checkpoint holding an A-ViT state dict (built from --size, "
             "--depth, --conditioner), or 'random' (a random model whose offset networks are "
             "perturbed so that the organ has a visible effect)."
         ),
@@ -65,20 +65,14 @@ def _load_image(path: Path | None, side: int) -> Any:
         img = torch.empty(1, 1, side, side).exponential_(generator=gen)
         img = F.avg_pool2d(img, 5, 1, 2)
     else:
+        from arlkit.data.decode import decode_image
         from arlkit.errors import DataError
 
-        if not path.exists():
-            raise DataError(f"viz offsets: image {str(path)!r} does not exist")
-        if path.suffix.lower() in (".dcm", ".dicom"):
-            import pydicom
-
-            arr = pydicom.dcmread(str(path)).pixel_array.astype("float32")
-            arr = arr if arr.ndim == 2 else arr[..., 0]
-        else:
-            from PIL import Image
-
-            arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
-        img = torch.from_numpy(arr)[None, None]
+        if not path.is_file():
+            raise DataError(f"viz offsets: --image {str(path)!r} is not an existing file")
+        # DecodeError (a DataError) names the file when it is not a readable image
+        arr = decode_image(path.read_bytes(), name=str(path))  # (H, W) in [0, 1]
+        img = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
     img = F.interpolate(img, size=(side, side), mode="bilinear", antialias=True)
     return (img - img.min()) / (img.max() - img.min()).clamp_min(1e-6)
 
@@ -90,7 +84,13 @@ def _load_weights(model: Any, path: str) -> None:
 
     if not Path(path).exists():
         raise DataError(f"viz offsets: {path!r} is neither 'random' nor an existing checkpoint")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any parse failure of a foreign file
+        raise DataError(
+            f"viz offsets: {path!r} is not a torch checkpoint ({type(exc).__name__}: {exc}); "
+            "pass an 'arlkit export' .safetensors file, a run directory or 'random'"
+        ) from None
     wanted = set(model.state_dict())
     candidates = [obj] + [
         obj[k]
@@ -129,16 +129,18 @@ def _fit_pos_embed(model: Any, state: dict[str, Any]) -> None:
 
 
 def _build_model(args: argparse.Namespace) -> Any:
-    """The A-ViT to draw: an ``arlkit export`` file, a torch checkpoint, or ``random``."""
+    """The A-ViT to draw: an ``arlkit export`` file, a run directory, a torch checkpoint, or
+    ``random``."""
     import torch
 
     from arlkit.errors import DataError
     from arlkit.models.avit import AViT
 
-    if args.model.endswith(".safetensors"):  # an export carries its own configuration
-        from arlkit.engine.export import load_backbone
+    if args.model.endswith(".safetensors") or Path(args.model).is_dir():
+        # an export or a run carries its own configuration
+        from arlkit.eval.backbones import resolve_backbone
 
-        model = load_backbone(args.model)
+        model = resolve_backbone(args.model).model
         if not getattr(model, "deformable", False):
             raise DataError(f"viz offsets: {args.model!r} is not a deformable A-ViT; no offsets")
         return model
@@ -175,6 +177,16 @@ def viz_offsets(args: argparse.Namespace) -> int:
     model = _build_model(args)
     organs = [model.taxonomy.index(args.organ, "--organ"), model.taxonomy.index(args.vs, "--vs")]
     image = _load_image(args.image, args.img_size)
+    from arlkit.errors import ConfigError
+
+    depth = len(model.blocks)
+    if not -depth <= args.block < depth:
+        raise ConfigError(
+            f"viz offsets: --block {args.block} is out of range; the model has "
+            f"{depth} blocks (0..{depth - 1}, or -1 for the last)"
+        )
+    if args.points < 1:
+        raise ConfigError(f"viz offsets: --points must be at least 1, got {args.points}")
     blk = model.blocks[args.block]
     captured: list[torch.Tensor] = []
     handle = blk.offset_net.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
@@ -182,6 +194,12 @@ def viz_offsets(args: argparse.Namespace) -> int:
         model.forward_features(image.expand(2, -1, -1, -1), organ=torch.tensor(organs))
     handle.remove()
     offsets = captured[0]  # (2, 2·G·K, H, W)
+    groups = offsets.shape[1] // (2 * blk.kernel_size**2)
+    if args.group is not None and not 0 <= args.group < groups:
+        raise ConfigError(
+            f"viz offsets: --group {args.group} is out of range; block "
+            f"{args.block} has {groups} offset group(s) (0..{groups - 1})"
+        )
     _draw(plt, image[0, 0], offsets, blk.kernel_size, model.patch_size, args, organs, model)
     print(f"wrote {args.out}")
     return 0

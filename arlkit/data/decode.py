@@ -21,7 +21,7 @@ import io
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from arlkit.errors import DataError
 
@@ -134,7 +134,13 @@ def _peek(fp: BinaryIO, n: int) -> bytes:
 
 
 def _decode_pillow(fp: BinaryIO, frame: int | None) -> np.ndarray:
-    with Image.open(fp) as img:
+    try:
+        opened = Image.open(fp)
+    except UnidentifiedImageError:  # its own message names an anonymous BytesIO
+        raise ValueError(
+            "not an image file Pillow can read (expected PNG/JPEG/BMP/TIFF, or DICOM)"
+        ) from None
+    with opened as img:
         if frame:
             n = int(getattr(img, "n_frames", 1))
             if not 0 <= frame < n:

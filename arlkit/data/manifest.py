@@ -244,7 +244,13 @@ def _read_table(fs: Any, root: str, source: str) -> list[dict[str, Any]]:
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{source}: line {n} is not JSON: {exc}") from None
     out = []
-    for row in rows:
+    for n, row in enumerate(rows, 1):
+        if row.get(None):  # csv.DictReader puts the fields beyond the header under None
+            raise DataError(
+                f"{source}: row {n} has {len(row) - 1 + len(row[None])} fields, the header "
+                f"{len(row) - 1}: extra values {row[None]!r} (rows count from 1 after the "
+                "header); quote fields that contain the delimiter, or fix the row"
+            )
         norm = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
         out.append({k: norm[k] for k in COLUMNS if k in norm})
     if out and not all("path" in r for r in out):
@@ -300,10 +306,15 @@ def _to_columns(
     ] + [f"unknown probe {p!r} in {_rows(rows)} (probes: {', '.join(PROBES)})"
          for p, rows in bad_probes.items()]  # fmt: skip
     if problems:
+        todo = []
+        if bad_organs:
+            todo.append(f"the taxonomy is {', '.join(taxonomy.names)}: fix the labels or "
+                        "extend taxonomy.organs")
+        if bad_probes:
+            todo.append(f"write the probe as one of {', '.join(PROBES)} (or leave it empty)")
         raise DataError(
-            f"{source}: " + "; ".join(problems) + f". Rows count from 1 after the header; "
-            f"the taxonomy is {', '.join(taxonomy.names)}: fix the labels or extend "
-            f"taxonomy.organs"
+            f"{source}: " + "; ".join(problems) + ". Rows count from 1 after the header; "
+            + "; ".join(todo)
         )
     label, classes = _labels(labels_raw, source)
     root = base if base else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,7 @@ from torch import nn
 
 from arlkit.engine.export import backbone_config, build_backbone
 from arlkit.engine.objectives import Objective, ObjectiveContext
-from arlkit.errors import ConfigError
+from arlkit.errors import ConfigError, closest
 from arlkit.recipe import Recipe
 from arlkit.registry import Registries, default_registries
 
@@ -60,18 +62,55 @@ def _views_layout(views: Any, patch_size: int) -> tuple[int, int, int]:
     return n_global, n_local, size
 
 
+@contextlib.contextmanager
+def _at(where: str) -> Iterator[None]:
+    """Prefix a bad value found while building with its recipe path (values checked only by
+    the component's constructor, e.g. ``mask_ratio`` outside (0, 1))."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith(f"{where}"):
+            raise
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _check_balancer_names(balancer: Any, names: tuple[str, ...]) -> None:
+    """The losses a balancer names must be objectives of the recipe: a misspelt ``adaptive``
+    would otherwise leave that loss at weight 1 without a word."""
+    for attr, required in (("reference", True), ("adaptive", False)):
+        value = getattr(balancer, attr, None)
+        if not isinstance(value, str) or value in names:
+            continue
+        hint = closest(value, names)
+        if required or hint:
+            raise ConfigError(
+                f"balancer.params.{attr}: no objective named {value!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (objectives: {', '.join(names)})"
+            )
+
+
 def build_components(recipe: Recipe, registries: Registries | None = None) -> Components:
-    """Build backbone, objectives, teacher, balancer, dataset and views of ``recipe``."""
+    """Build backbone, objectives, teacher, balancer, dataset and views of ``recipe``.
+
+    Raises:
+        ConfigError: a parameter value a component rejects; the message starts with its
+            recipe path (``objectives[0].params: ...``).
+        DataError: the dataset cannot be read (the message names the file).
+    """
     registries = registries or default_registries
     taxonomy = recipe.taxonomy.build()
     config = backbone_config(recipe)
-    backbone = build_backbone(config, registries)
-    dataset = registries.datasets.build(
-        recipe.data.dataset.name, recipe.data.dataset.params, taxonomy=taxonomy
-    )
-    views = registries.transforms.build(
-        recipe.data.views.name, recipe.data.views.params, taxonomy=taxonomy
-    )
+    with _at("model"):
+        backbone = build_backbone(config, registries)
+    with _at("data.dataset.params"):
+        dataset = registries.datasets.build(
+            recipe.data.dataset.name, recipe.data.dataset.params, taxonomy=taxonomy
+        )
+    with _at("data.views.params"):
+        views = registries.transforms.build(
+            recipe.data.views.name, recipe.data.views.params, taxonomy=taxonomy
+        )
     patch = int(backbone.patch_size)
     n_global, n_local, size = _views_layout(views, patch)
     names = tuple(o.name for o in recipe.objectives)
@@ -90,8 +129,9 @@ def build_components(recipe: Recipe, registries: Registries | None = None) -> Co
         taxonomy=taxonomy,
     )
     objectives: list[Objective] = []
-    for spec in recipe.objectives:
-        obj = registries.objectives.build(spec.name, spec.params, context=context)
+    for i, spec in enumerate(recipe.objectives):
+        with _at(f"objectives[{i}].params ({spec.name})"):
+            obj = registries.objectives.build(spec.name, spec.params, context=context)
         if not isinstance(obj, Objective):
             raise ConfigError(
                 f"objective {spec.name!r} built a {type(obj).__name__}, not an "
@@ -106,6 +146,8 @@ def build_components(recipe: Recipe, registries: Registries | None = None) -> Co
     teacher = None
     if any(o.needs_teacher for o in objectives):
         teacher = copy.deepcopy(student).requires_grad_(False)
-    balancer = registries.balancers.build(recipe.balancer.name, recipe.balancer.params)
+    with _at("balancer.params"):
+        balancer = registries.balancers.build(recipe.balancer.name, recipe.balancer.params)
+    _check_balancer_names(balancer, names)
     return Components(recipe, taxonomy, student, teacher, objectives, balancer, dataset,
                       views, context, config)

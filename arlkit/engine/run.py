@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 import torch
 
-from arlkit.errors import ArlkitError
+from arlkit.errors import ArlkitError, ConfigError
 
 __all__ = ["prepare_run_dir", "run_recipe"]
 
@@ -75,7 +75,10 @@ def run_recipe(
 
     recipe = load_recipe(source, overrides)
     torch.manual_seed(recipe.seed)
-    comps = build_components(recipe)
+    try:
+        comps = build_components(recipe)
+    except ConfigError as exc:  # a value only the component checks: name the recipe too
+        raise ConfigError(f"{source}: {exc}") from exc
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(recipe.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     run_dir = recipe.resolved_run_dir()
@@ -99,6 +102,13 @@ def run_recipe(
             raise ArlkitError(f"--resume: no complete checkpoint in {run_dir}/checkpoints")
     elif resume:
         resume_path = resume
+        fs, root = fsspec.core.url_to_fs(resume_path)
+        if not fs.exists(f"{root.rstrip('/')}/{ckpt.MARKER}"):  # before the run dir is touched
+            raise ArlkitError(
+                f"--resume {resume_path}: not a complete arlkit checkpoint (no {ckpt.MARKER} "
+                "marker); pass a checkpoints/step-XXXXXXXX directory of a run, or --resume "
+                "alone for the run directory's latest"
+            )
     elif ckpt.find_latest(run_dir) is not None:
         raise ArlkitError(
             f"{run_dir} already holds checkpoints of an earlier run; continue it with "
@@ -148,6 +158,9 @@ def run_recipe(
                       markup=False)
             if exported:
                 out.print(f"exported backbone: {exported}", markup=False)
+            if bad_log.num_bad:
+                out.print(f"note: {bad_log.num_bad} image(s) could not be read and were left "
+                          f"out; they are listed in {bad_log.path}", markup=False)
             if result.interrupted:
                 out.print(f"interrupted; continue with: arlkit run {source} --resume",
                           markup=False)
@@ -168,4 +181,7 @@ def _bad_file_log(dataset: Any, run_dir: str, enabled: bool) -> Any:
     from arlkit.data.collate import BadFileLog
 
     limit = float(getattr(dataset, "max_bad_fraction", 0.01))
-    return BadFileLog(limit, run_dir=run_dir if enabled else None)
+    # a dataset smaller than the log's default denominator is judged against its own size:
+    # else a small dataset of unreadable files never reaches the limit
+    min_samples = max(1, min(1000, len(dataset)))
+    return BadFileLog(limit, run_dir=run_dir if enabled else None, min_samples=min_samples)

@@ -273,13 +273,14 @@ class Trainer:
             signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread (notebooks, tests)
             in_main_thread = False
-        start, images = time.perf_counter(), 0
+        start, images, empty = time.perf_counter(), 0, 0
         try:
             pending: list[dict[str, Any]] = []
             for batch in loader:
                 if bad_file_log is not None:
                     bad_file_log.record(batch["n"], batch["bad_files"])
                 if batch["n"] == 0:
+                    empty += 1
                     continue
                 pending.append(batch)
                 if len(pending) < accum:
@@ -321,6 +322,17 @@ class Trainer:
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
+        if not result.interrupted and self.step < total:
+            # the sampler yields one batch per step: batches without a readable image were
+            # dropped, so the run would end short without a word
+            if self.step % recipe.train.ckpt_every:  # keep the steps done since the last one
+                self.save()
+            raise TrainingStopped(
+                f"only {self.step} of {total} steps ran: {empty} batch(es) held no readable "
+                f"image (the unreadable files are listed in {self.run_dir.rstrip('/')}/"
+                f"bad_files.jsonl); the last checkpoint is {self.last_checkpoint or '(none)'}. "
+                "Fix or remove the unreadable files, then continue with --resume"
+            )
         result.steps_done = self.step
         result.last_checkpoint = self.last_checkpoint
         return result

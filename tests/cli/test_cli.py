@@ -118,3 +118,42 @@ def test_probe_plugin_is_discovered_and_usable_in_a_recipe(tmp_path):
     assert "model.conditioner.params.probez: unknown key 'probez'; did you mean 'probes'?" in (
         out.stderr
     )
+
+
+def test_overrides_may_follow_options(tmp_path):
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart.yaml")
+    out = run("validate", recipe, "--show", "train.steps=7", "optim.lr=0.5")
+    assert out.returncode == 0, out.stderr
+    assert "steps: 7" in out.stdout and "lr: 0.5" in out.stdout
+    out = run("run", recipe, "--dry-run", f"run_dir={tmp_path / 'r'}", "optim.lrr=1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "optim.lrr: unknown key 'lrr'; did you mean 'lr'?" in out.stderr
+    out = run("validate", recipe, "--show", "--no-such-flag")  # options are still checked
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
+
+
+def test_unwritable_output_path_is_an_error_not_a_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = run("schema", "--out", str(blocker / "schema.json"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: {blocker / 'schema.json'}: Not a directory")
+
+
+def test_viz_offsets_bad_inputs_are_named(tmp_path):
+    pytest.importorskip("matplotlib")
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    out = run("viz", "offsets", str(junk), "--out", str(tmp_path / "o.png"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"'{junk}' is not a torch checkpoint" in out.stderr
+    tiny = ["--size", "tiny", "--depth", "2", "--img-size", "64", "--out", str(tmp_path / "o.png")]
+    out = run("viz", "offsets", "random", "--image", str(junk), *tiny)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{junk}: cannot decode image: ValueError: not an image file" in out.stderr
+    out = run("viz", "offsets", "random", "--block", "5", *tiny)
+    assert out.returncode == 2 and "--block 5 is out of range; the model has 2 blocks" in out.stderr
+    out = run("viz", "offsets", "random", "--group", "99", *tiny)
+    assert out.returncode == 2 and "--group 99 is out of range" in out.stderr
+    out = run("viz", "offsets", "random", *tiny)
+    assert out.returncode == 0 and (tmp_path / "o.png").stat().st_size > 0

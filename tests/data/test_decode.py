@@ -132,6 +132,13 @@ def test_random_bytes_are_a_decode_error(name: str) -> None:
         decode_image(data, name=name)
 
 
+def test_unknown_content_reason_is_readable() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_image(b"hello, not an image", name="notes.png")
+    assert info.value.reason.startswith("ValueError: not an image file Pillow can read")
+    assert "BytesIO" not in str(info.value)  # Pillow's own message names an anonymous buffer
+
+
 def test_is_dicom_by_extension_or_magic() -> None:
     assert is_dicom("A.DCM") and is_dicom("b.dicom")
     assert is_dicom("noext", b"\0" * 128 + b"DICM")

@@ -126,6 +126,14 @@ def test_manifest_formats(tmp_path: Path, fmt: str) -> None:
         m.with_split("test")
 
 
+def test_row_with_more_fields_than_the_header_is_named(tmp_path: Path) -> None:
+    # an unquoted comma inside a field shifts the row: its values must not be dropped silently
+    (tmp_path / "m.csv").write_text("path,organ\na.png,liver\nb,c.png,liver\n")
+    with pytest.raises(DataError, match=r"m.csv: row 2 has 3 fields, the header 2: extra "
+                                        r"values \['liver'\]"):
+        load_manifest(str(tmp_path / "m.csv"))
+
+
 def test_integer_labels_stay_integers(tmp_path: Path) -> None:
     write_csv(tmp_path / "m.csv", [{"path": "a.png", "label": 3}, {"path": "b.png"}], ["path", "label"])
     m = load_manifest(str(tmp_path / "m.csv"))
@@ -148,6 +156,10 @@ def test_bad_probe_and_missing_path_column(tmp_path: Path) -> None:
     write_csv(tmp_path / "p.csv", [{"path": "a.png", "probe": "endocavity"}], ["path", "probe"])
     with pytest.raises(DataError, match="unknown probe 'endocavity' in row 1"):
         load_manifest(str(tmp_path / "p.csv"))
+    with pytest.raises(DataError) as info:
+        load_manifest(str(tmp_path / "p.csv"))
+    assert "taxonomy.organs" not in str(info.value)  # the advice is about probes only
+    assert "write the probe as one of linear, convex, phased, unknown" in str(info.value)
     write_csv(tmp_path / "q.csv", [{"file": "a.png"}], ["file"])
     with pytest.raises(DataError, match="'path' column"):
         load_manifest(str(tmp_path / "q.csv"))

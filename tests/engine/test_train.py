@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from arlkit.engine import checkpoint as ckpt
 from arlkit.engine.objectives import Objective
 from arlkit.engine.run import run_recipe
 from arlkit.engine.trainer import TrainingStopped
-from arlkit.errors import ArlkitError
+from arlkit.errors import ArlkitError, ConfigError
 from arlkit.recipe import RecipeError, load_recipe
 
 ALL_RECIPES = sorted(p.name for p in RECIPES.glob("*.yaml"))
@@ -155,3 +156,63 @@ def test_resume_reads_only_complete_checkpoints_after_copying(toy, tmp_path):
     shutil.copytree(latest, broken)
     (broken / ckpt.MARKER).unlink()
     assert pathlib.Path(ckpt.find_latest(str(run))) == latest
+
+
+def _unreadable_manifest(tmp_path: pathlib.Path, n: int = 8) -> str:
+    (tmp_path / "junk.png").write_text("not an image")
+    rows = "".join("junk.png,liver\n" for _ in range(n))
+    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
+    return str(tmp_path / "m.csv")
+
+
+def test_a_dataset_of_unreadable_files_stops_the_run(toy, tmp_path):
+    # the bad-file limit is measured against the dataset's size when it is small
+    manifest = _unreadable_manifest(tmp_path)
+    overrides = toy("ablation-mim.yaml", steps=2) + [
+        f"data.dataset={{name: manifest, params: {{path: {manifest}, size: 48}}}}"]
+    with pytest.raises(ArlkitError, match="could not be read, more than the dataset's "
+                                          "max_bad_fraction") as info:
+        run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, stream=io.StringIO())
+    assert "not an image file" in str(info.value)
+    assert not (tmp_path / "run" / "backbone.safetensors").exists()
+
+
+def test_batches_without_a_readable_image_do_not_end_the_run_short_silently(toy, tmp_path):
+    manifest = _unreadable_manifest(tmp_path)
+    overrides = toy("ablation-mim.yaml", steps=2) + [
+        f"data.dataset={{name: manifest, params: {{path: {manifest}, size: 48, "
+        "max_bad_fraction: 1.0}}"]
+    with pytest.raises(TrainingStopped, match=r"only 0 of 2 steps ran: 2 batch\(es\) held no "
+                                              r"readable image"):
+        run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, stream=io.StringIO())
+    assert not (tmp_path / "run" / "backbone.safetensors").exists()  # no untrained export
+    assert len((tmp_path / "run" / "bad_files.jsonl").read_text().splitlines()) == 8
+
+
+def test_values_only_a_component_checks_name_the_recipe_path(toy, tmp_path):
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, toy("quickstart.yaml") + ["objectives.mim.params.mask_ratio=1.5"],
+                   dry_run=True)
+    assert str(info.value).startswith(f"{recipe}: objectives[0].params (mim): ")
+    assert "mask_ratio must be in (0, 1), got 1.5" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("adaptive", "speckl_gan", "balancer.params.adaptive: no objective named 'speckl_gan'; "
+                               "did you mean 'speckle_gan'?"),
+    ("reference", "mimm", "balancer.params.reference: no objective named 'mimm'"),
+])
+def test_balancer_names_must_be_objectives(toy, key, value, message):
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_recipe(recipe, toy("quickstart.yaml") + [f"balancer.params.{key}={value}"],
+                   dry_run=True)
+
+
+def test_bad_resume_path_leaves_the_run_dir_alone(toy, tmp_path):
+    with pytest.raises(ArlkitError, match="--resume .*not a complete arlkit checkpoint"):
+        run_recipe(str(RECIPES / "quickstart.yaml"), toy("quickstart.yaml"),
+                   resume=str(tmp_path / "nope"), stream=io.StringIO())
+    assert not (tmp_path / "run").exists()
