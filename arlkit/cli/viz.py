@@ -85,11 +85,13 @@ def _load_weights(model: Any, path: str) -> None:
     if not Path(path).exists():
         raise DataError(f"viz offsets: {path!r} is neither 'random' nor an existing checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is data; never run code from a file someone handed over
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of a foreign file
         raise DataError(
-            f"viz offsets: {path!r} is not a torch checkpoint ({type(exc).__name__}: {exc}); "
-            "pass an 'arlkit export' .safetensors file, a run directory or 'random'"
+            f"viz offsets: {path!r} is not a torch checkpoint of tensors ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); pass an 'arlkit export' "
+            ".safetensors file, a run directory or 'random'"
         ) from None
     wanted = set(model.state_dict())
     candidates = [obj] + [
