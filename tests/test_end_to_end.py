@@ -4,12 +4,15 @@
 ``arlkit eval linear --data synthetic:breast`` probes the exported backbone and a random
 initialisation of the same architecture with the same protocol and seed.
 
-Measured on the 2-core development CPU (2026-11-27), 400/100/400 train/val/test images:
-random init reaches 0.78–0.80 accuracy; the shipped quickstart 0.805 (a tie), earlier
-quickstart variants 0.72–0.78. At this toy scale (0.5 M parameters, ~3k images seen)
-pretraining does not reliably beat random features on the breast probe, so this test pins
-what holds — the whole pipeline runs from the README's commands and both backbones are far
-above chance — and prints the margin; see the notes of issue 7.
+Measured on the 2-core development CPU (2026-11-28), 400/100/400 train/val/test images, the
+probe trained to convergence (at least 2000 steps): the shipped quickstart reaches 0.838 /
+0.833 / 0.830 on probe seeds 0 / 1 / 2 against 0.813 / 0.835 / 0.815 for random init — margins
++0.025, -0.002, +0.015, inside the ±0.04 bootstrap interval of 400 test images. At this toy
+scale (0.5 M parameters, ~3k images seen) pretraining does not yet beat random features by a
+margin that holds across seeds (every setting that moves the weights further did worse; see
+benchmarks/RESULTS.md, issue 7). This test therefore pins what holds: the README's commands
+run end to end, both backbones are far above chance, and pretraining does not damage the
+features (pretrained ≥ random − 0.02; runs with a 10× learning rate fell 0.05–0.10 below).
 """
 
 from __future__ import annotations
@@ -50,3 +53,4 @@ def test_quickstart_pretraining_then_linear_probe(tmp_path):
     assert settings[0]["seeds"] == settings[1]["seeds"]  # the same protocol and split
     assert settings[0]["config"]["image_size"] == settings[1]["config"]["image_size"] == 48
     assert pre > 0.65 and rnd > 0.65  # chance is 0.5: both backbones carry lesion information
+    assert pre >= rnd - 0.02, f"pretraining damaged the features: {pre:.4f} vs random {rnd:.4f}"

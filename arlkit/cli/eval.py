@@ -64,13 +64,17 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (linear/knn 64, finetune 32, segment 16)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (linear 100, finetune 5, segment 5)")
+                   help="training epochs (linear 100 but at least 2000 steps of 256, "
+                        "finetune 5, segment 5)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=_floats, default=None,
                    help="linear: the learning-rate sweep; finetune/segment: the learning rate")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--pool", default="cls+avg", choices=("cls", "avg", "cls+avg"),
                    help="token pooling of the features")
+    p.add_argument("--n-last-blocks", type=int, default=1,
+                   help="linear/knn: features of the last N blocks concatenated (DINO's "
+                        "evaluation uses 4 for small ViTs)")
     p.add_argument("--no-organ", action="store_true", help="do not pass the organ to the backbone")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
@@ -124,7 +128,8 @@ def _config(args: argparse.Namespace, protocol: str, backbone: str, data: str) -
         protocol=protocol, backbone=backbone, data=data, arch=args.arch, image_size=args.image_size,
         n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, data_seed=args.data_seed,
         label_fractions=parse_fractions(args.label_fraction), batch_size=args.batch_size,
-        epochs=args.epochs, steps=args.steps, lrs=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, steps=args.steps, n_last_blocks=args.n_last_blocks,
+        lrs=args.lr, weight_decay=args.weight_decay,
         layer_decay=getattr(args, "layer_decay", 0.75), drop_path=getattr(args, "drop_path", 0.1),
         freeze_backbone=getattr(args, "freeze_backbone", False),
         decoder_channels=getattr(args, "decoder_channels", None), pool=args.pool,

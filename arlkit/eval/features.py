@@ -7,8 +7,13 @@ key holds a fingerprint of the backbone's weights, the data and every setting th
 the features; a stale entry can therefore never be read.
 
 Pooling: ``cls`` (class token), ``avg`` (mean of the patch tokens, MAE's linear probe) or
-``cls+avg`` (both, concatenated, as DINO's linear evaluation of ViT-B). The organ of every
-sample is passed to the backbone unless ``use_organ`` is False (the unconditioned view).
+``cls+avg`` (both, concatenated, as DINO's linear evaluation of ViT-B). With
+``n_last_blocks = n > 1`` the features come from the outputs of the last ``n`` blocks, each
+through the backbone's final norm, as in DINO's ``eval_linear.py`` (``n_last_blocks=4``
+for ViT-S): ``cls`` concatenates their class tokens, ``cls+avg`` adds the mean patch token
+of the last block, ``avg`` concatenates the mean patch tokens of the ``n`` blocks. The organ
+of every sample is passed to the backbone unless ``use_organ`` is False (the unconditioned
+view).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "cached_features",
     "collate_samples",
     "extract_features",
+    "pool_blocks",
     "pool_tokens",
     "resolve_device",
 ]
@@ -98,6 +104,70 @@ def pool_tokens(tokens: torch.Tensor, num_prefix_tokens: int, pool: str) -> torc
     return {"cls": cls, "avg": avg, "cls+avg": torch.cat([cls, avg], -1)}[pool]
 
 
+def pool_blocks(blocks: list[torch.Tensor], num_prefix_tokens: int, pool: str) -> torch.Tensor:
+    """Pool the normed token outputs ``(B, prefix+N, C)`` of the last ``n`` blocks (DINO).
+
+    ``cls``: the ``n`` class tokens concatenated ``(B, nC)``; ``avg``: the ``n`` mean patch
+    tokens ``(B, nC)``; ``cls+avg``: the ``n`` class tokens and the mean patch token of the
+    last block ``(B, (n+1)C)``, as DINO's ``eval_linear.py`` with ``--avgpool_patchtokens``.
+    One block gives :func:`pool_tokens`.
+    """
+    if pool not in POOLS:
+        raise ConfigError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
+    if not blocks:
+        raise ConfigError("pool_blocks: give at least one block output")
+    if len(blocks) == 1:
+        return pool_tokens(blocks[0], num_prefix_tokens, pool)
+    cls = [t[:, 0] for t in blocks]
+    if pool == "cls":
+        return torch.cat(cls, -1)
+    if pool == "avg":
+        return torch.cat([t[:, num_prefix_tokens:].mean(1) for t in blocks], -1)
+    return torch.cat([*cls, blocks[-1][:, num_prefix_tokens:].mean(1)], -1)
+
+
+def _blocks_and_norm(backbone: nn.Module) -> tuple[Any, nn.Module]:
+    """The transformer blocks and final norm of an arlkit or (wrapped) timm ViT."""
+    owners = [o for o in (backbone, getattr(backbone, "model", None))
+              if isinstance(getattr(o, "blocks", None), (nn.ModuleList, nn.Sequential))
+              and len(o.blocks)]
+    for owner in owners:  # the module that holds the blocks and the final norm (timm: .model)
+        if isinstance(getattr(owner, "norm", None), nn.Module):
+            return owner.blocks, owner.norm
+    if owners:
+        return owners[0].blocks, nn.Identity()
+    raise ConfigError(
+        f"n_last_blocks: {type(backbone).__name__} exposes no transformer blocks "
+        "(.blocks); use n_last_blocks=1"
+    )
+
+
+def _last_block_tokens(backbone: nn.Module, images: torch.Tensor, organ: torch.Tensor | None,
+                       n: int) -> list[torch.Tensor]:
+    """Normed outputs ``(B, prefix+N, C)`` of the last ``n`` blocks, in block order."""
+    blocks, norm = _blocks_and_norm(backbone)
+    if not 1 <= n <= len(blocks):
+        raise ConfigError(
+            f"n_last_blocks={n}: the backbone has {len(blocks)} blocks; choose 1..{len(blocks)}"
+        )
+    captured: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = [blk.register_forward_hook(keep) for blk in list(blocks)[-n:]]
+    try:
+        backbone.forward_features(images, organ)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != n:
+        raise ConfigError(
+            f"n_last_blocks={n}: the backbone's forward ran {len(captured)} of its last {n} blocks"
+        )
+    return [norm(t) for t in captured]
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -108,6 +178,7 @@ def extract_features(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    n_last_blocks: int = 1,
 ) -> FeatureSet:
     """Encode every sample of ``dataset`` with the frozen ``backbone``.
 
@@ -119,10 +190,17 @@ def extract_features(
         batch_size: images per forward pass.
         device: where the backbone runs.
         num_workers: DataLoader workers.
+        n_last_blocks: pool the outputs of the last ``n`` blocks (see :func:`pool_blocks`);
+            1 pools the final tokens.
 
     Returns:
         The :class:`FeatureSet` on CPU (bad files left out).
+
+    Raises:
+        ConfigError: bad ``pool`` or ``n_last_blocks``; no readable image.
     """
+    if n_last_blocks < 1:
+        raise ConfigError(f"n_last_blocks must be >= 1, got {n_last_blocks}")
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device)
@@ -134,8 +212,13 @@ def extract_features(
         if "image" not in batch:
             continue
         organ = batch["organ"].to(device) if use_organ else None
-        tokens = backbone.forward_features(batch["image"].to(device), organ)  # (B, 1+N, C)
-        feats.append(pool_tokens(tokens, prefix, pool).float().cpu())
+        images = batch["image"].to(device)
+        if n_last_blocks == 1:
+            tokens = backbone.forward_features(images, organ)  # (B, 1+N, C)
+            feats.append(pool_tokens(tokens, prefix, pool).float().cpu())
+        else:
+            outs = _last_block_tokens(backbone, images, organ, n_last_blocks)
+            feats.append(pool_blocks(outs, prefix, pool).float().cpu())
         labels.append(batch["label"])
         organs.append(batch["organ"])
     backbone.train(was_training)
@@ -161,10 +244,10 @@ def cached_features(
         backbone: the frozen backbone.
         dataset: the split to encode.
         key: everything that determines the features (backbone fingerprint, data, split,
-            image size, pooling, organ use); JSON-serialisable.
+            image size, pooling, blocks, organ use); JSON-serialisable.
         cache_dir: a local directory, or None for no disk cache.
-        **kwargs: passed to :func:`extract_features` (``pool`` and ``use_organ`` belong in
-            ``key`` too).
+        **kwargs: passed to :func:`extract_features` (``pool``, ``n_last_blocks`` and
+            ``use_organ`` belong in ``key`` too).
 
     Returns:
         ``(features, hit)`` where ``hit`` says whether they came from the cache.

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint
-from arlkit.eval.config import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WD, EvalConfig
+from arlkit.eval.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_WD,
+    MIN_LINEAR_STEPS,
+    EvalConfig,
+)
 from arlkit.eval.data import EvalData, dataset_labels, subset
 from arlkit.eval.features import cached_features
 from arlkit.eval.metrics import classification_metrics, segmentation_metrics
@@ -48,10 +54,12 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
         for split in ("train", "val", "test"):
             key = {"backbone": fp, "data": data.spec, "info": data.info, "split": split,
                    "image_size": cfg.image_size, "pool": cfg.pool, "organ": cfg.use_organ}
+            if cfg.n_last_blocks != 1:  # keeps the keys (and caches) of one-block features
+                key["n_last_blocks"] = cfg.n_last_blocks
             feats[split], hit = cached_features(
                 bb.model, getattr(data, split), key, cfg.cache_dir, pool=cfg.pool,
                 use_organ=cfg.use_organ, batch_size=cfg.batch_size, device=device,
-                num_workers=cfg.workers)
+                num_workers=cfg.workers, n_last_blocks=cfg.n_last_blocks)
             log(f"features {split}: {tuple(feats[split].features.shape)}"
                 + (" (cache)" if hit else ""))
         train, val, test = feats["train"], feats["val"], feats["test"]
@@ -60,7 +68,7 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
             if cfg.protocol == "linear":
                 res = linear_probe(sub.features, sub.labels, val.features, val.labels, test.features,
                                    num_classes, tuple(cfg.lrs or DEFAULT_LRS),
-                                   _linear_epochs(epochs, cfg.steps, len(sub)), wd,
+                                   _linear_epochs(cfg.epochs, cfg.steps, len(sub)), wd,
                                    batch_size=_LINEAR_BATCH, seed=cfg.seed)
                 probs = res.test_probs
                 details[_fmt_fraction(frac)] = {"n_train": len(sub), "lr": res.lr,
@@ -94,11 +102,19 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
 _LINEAR_BATCH = 256
 
 
-def _linear_epochs(epochs: int, steps: int | None, n: int) -> int:
-    """Epochs of the linear probe; ``--steps`` counts optimizer steps of 256 examples."""
-    if steps is None:
+def _linear_epochs(epochs: int | None, steps: int | None, n: int) -> int:
+    """Epochs of the linear probe on ``n`` examples.
+
+    ``--steps`` counts optimizer steps of 256 examples and wins over ``--epochs``; with
+    neither, the probe runs 100 epochs but at least :data:`MIN_LINEAR_STEPS` steps, so that
+    small training sets converge.
+    """
+    per_epoch = max(1, math.ceil(n / _LINEAR_BATCH))
+    if steps is not None:
+        return max(1, math.ceil(steps / per_epoch))
+    if epochs is not None:
         return epochs
-    return max(1, math.ceil(steps / math.ceil(n / _LINEAR_BATCH)))
+    return max(DEFAULT_EPOCHS["linear"], math.ceil(MIN_LINEAR_STEPS / per_epoch))
 
 
 def run_segmentation(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,

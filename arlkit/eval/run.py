@@ -61,6 +61,8 @@ def _check(cfg: EvalConfig) -> None:
         raise ConfigError(f"unknown evaluation protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if cfg.pool not in POOLS:
         raise ConfigError(f"--pool {cfg.pool!r}: choose one of {', '.join(POOLS)}")
+    if cfg.n_last_blocks < 1:
+        raise ConfigError(f"--n-last-blocks must be >= 1, got {cfg.n_last_blocks}")
     if (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.n_boot < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --n-boot >= 0 (got {cfg.batch_size}, {cfg.n_boot})")
 
