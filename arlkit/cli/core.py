@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE")
     val.add_argument("--show", action="store_true", help="print the resolved recipe")
+    val.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="check types and names only; by default the components are built too, so values "
+        "only a component checks (e.g. mask_ratio, view sizes) are caught",
+    )
     val.set_defaults(handler=_validate)
 
     lst = sub.add_parser("list", help="registered components with their provider and parameters")
@@ -61,6 +67,14 @@ def _validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.show:
         console().print(dump_recipe(recipe), markup=False)
+    if not args.schema_only:  # what `run` would reject before its first step
+        from arlkit.engine.build import build_components
+        from arlkit.errors import ConfigError
+
+        try:
+            build_components(recipe)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.recipe}: {exc}") from exc
     console().print(
         f"{args.recipe}: valid ({len(recipe.objectives)} objective(s): "
         f"{', '.join(o.name for o in recipe.objectives)}; run dir {recipe.resolved_run_dir()})",
@@ -70,9 +84,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from arlkit.engine.run import run_recipe
 
-    return run_recipe(args.recipe, args.overrides, resume=args.resume, dry_run=args.dry_run)
+    resume, overrides = args.resume, list(args.overrides)
+    if resume not in (None, "latest") and "=" in resume and not os.path.exists(resume):
+        # `--resume a.b=1`: the optional PATH swallowed an override; resume the latest
+        overrides.insert(0, resume)
+        resume = "latest"
+    return run_recipe(args.recipe, overrides, resume=resume, dry_run=args.dry_run)
 
 
 def _type_text(annotation: Any) -> str:
@@ -101,7 +122,10 @@ def _params_text(entry: Any) -> str:
 def _list(args: argparse.Namespace) -> int:
     from arlkit.registry import default_registries as registries
 
-    kinds = [args.kind] if args.kind else list(registries)
+    kind = args.kind
+    if kind and kind not in registries and f"{kind}s" in registries:  # `list conditioner`
+        kind = f"{kind}s"
+    kinds = [kind] if kind else list(registries)
     for kind in kinds:
         registries[kind]  # unknown kind → UnknownComponentError with suggestions
     rows = [

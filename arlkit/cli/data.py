@@ -57,7 +57,7 @@ def _add_show(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=6, help="images per row")
     p.add_argument("--size", type=int, default=160, help="tile side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="grid.png", help="PNG to write (local path or fsspec URL)")
+    p.add_argument("--out", default="grid.png", help="PNG to write (local path or fsspec URL; default %(default)s)")
     p.set_defaults(handler=data_show)
 
 

@@ -115,6 +115,9 @@ def export_from_run(
     from arlkit.engine import checkpoint as ckpt
     from arlkit.recipe import validate_recipe
 
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    if not fs.isdir(root):
+        raise ArlkitError(f"{run_dir}: no such run directory; pass the run_dir of an `arlkit run`")
     path = checkpoint or ckpt.find_latest(run_dir)
     if path is None:
         raise ArlkitError(f"{run_dir}: no complete checkpoint under {run_dir}/checkpoints")

@@ -157,3 +157,33 @@ def test_viz_offsets_bad_inputs_are_named(tmp_path):
     assert out.returncode == 2 and "--group 99 is out of range" in out.stderr
     out = run("viz", "offsets", "random", *tiny)
     assert out.returncode == 0 and (tmp_path / "o.png").stat().st_size > 0
+
+
+def test_validate_builds_components_unless_schema_only(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    text = open("recipes/quickstart.yaml").read().replace("mask_ratio: 0.5", "mask_ratio: 1.5")
+    assert "mask_ratio: 1.5" in text
+    recipe.write_text(text)
+    out = run("validate", str(recipe))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{recipe}: objectives[0].params (mim):" in out.stderr and "mask_ratio" in out.stderr
+    out = run("validate", str(recipe), "--schema-only")  # types and names only
+    assert out.returncode == 0 and "valid" in out.stdout
+
+
+def test_list_accepts_the_singular_kind():
+    out = run("list", "conditioner", "--json")
+    assert out.returncode == 0
+    assert {row["kind"] for row in json.loads(out.stdout)} == {"conditioners"}
+
+
+def test_resume_does_not_swallow_an_override(tmp_path):
+    # `--resume a.b=1` is `--resume` (latest) plus the override, not a checkpoint path
+    out = run("run", "recipes/quickstart.yaml", "--resume", f"run_dir={tmp_path / 'r'}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no complete checkpoint" in out.stderr and str(tmp_path / "r") in out.stderr
+
+
+def test_export_of_a_missing_run_dir(tmp_path):
+    out = run("export", str(tmp_path / "none"), "--out", str(tmp_path / "b.safetensors"))
+    assert out.returncode == 1 and "no such run directory" in out.stderr
