@@ -180,6 +180,17 @@ class Trainer:
                 return mask
         return None
 
+    def _any_empty(self, micro_batches: list[dict[str, Any]]) -> bool:
+        """Whether a micro-batch of this step holds no readable image on any process.
+
+        Such a step is skipped by all processes alike: a process that skipped alone would
+        leave the others waiting in their gradient all-reduce.
+        """
+        flag = torch.tensor([float(any(b["n"] == 0 for b in micro_batches))], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def _all_finite(self, value: torch.Tensor) -> bool:
         flag = torch.isfinite(value.detach()).all().float().reshape(1)
         if self.dist.enabled:
@@ -279,16 +290,16 @@ class Trainer:
             for batch in loader:
                 if bad_file_log is not None:
                     bad_file_log.record(batch["n"], batch["bad_files"])
-                if batch["n"] == 0:
-                    empty += 1
-                    continue
                 pending.append(batch)
                 if len(pending) < accum:
                     continue
-                logs = self._train_step(pending)
-                images += sum(b["n"] for b in pending) * self.dist.world_size
-                self.seen += sum(b["n"] for b in pending) * self.dist.world_size
-                pending = []
+                step_batches, pending = pending, []
+                if self._any_empty(step_batches):  # every process skips the same step
+                    empty += 1
+                    continue
+                logs = self._train_step(step_batches)
+                images += sum(b["n"] for b in step_batches) * self.dist.world_size
+                self.seen += sum(b["n"] for b in step_batches) * self.dist.world_size
                 if logs is None:
                     self.nonfinite_total += 1
                     self.nonfinite_run += 1
@@ -328,7 +339,7 @@ class Trainer:
             if self.step % recipe.train.ckpt_every:  # keep the steps done since the last one
                 self.save()
             raise TrainingStopped(
-                f"only {self.step} of {total} steps ran: {empty} batch(es) held no readable "
+                f"only {self.step} of {total} steps ran: {empty} step(s) had a batch with no readable "
                 f"image (the unreadable files are listed in {self.run_dir.rstrip('/')}/"
                 f"bad_files.jsonl); the last checkpoint is {self.last_checkpoint or '(none)'}. "
                 "Fix or remove the unreadable files, then continue with --resume"

@@ -104,3 +104,32 @@ def test_two_processes_match_one_process(toy, tmp_path):
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "loss_mim", "loss_speckle_gan", "loss_self_distillation", "w_lambda"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a, b)
+
+
+def test_a_batch_unreadable_on_one_process_is_skipped_by_all(toy, tmp_path):
+    # a quarter of the images are junk: a step where one process draws junk and the other a
+    # good image must be skipped by both, or the second waits forever in its all-reduce
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "junk.png").write_text("not an image")
+    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype("uint8")).save(
+        tmp_path / "good.png")
+    rows = "".join(f"{name}.png,liver\n" for name in ("good", "good", "good", "junk") * 2)
+    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
+    run_dir = tmp_path / "run"
+    overrides = toy("ablation-mim.yaml", steps=8) + [
+        f"run_dir={run_dir}", "data.batch_size=2", "train.log_every=1",
+        f"data.dataset={{name: manifest, params: {{path: {tmp_path / 'm.csv'}, size: 48, "
+        "max_bad_fraction: 1.0}}"]
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m",
+           "arlkit", "run", str(RECIPES / "ablation-mim.yaml"), *overrides]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out  # the run ended short and said so, on both processes
+    ran = [int(n) for n in re.findall(r"only (\d+) of 8 steps ran: \d+ step\(s\) had a batch "
+                                      r"with no readable image", out)]
+    assert len(ran) == 2 and ran[0] == ran[1] and 0 < ran[0] < 8, out
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == ran[0]

@@ -182,8 +182,8 @@ def test_batches_without_a_readable_image_do_not_end_the_run_short_silently(toy,
     overrides = toy("ablation-mim.yaml", steps=2) + [
         f"data.dataset={{name: manifest, params: {{path: {manifest}, size: 48, "
         "max_bad_fraction: 1.0}}"]
-    with pytest.raises(TrainingStopped, match=r"only 0 of 2 steps ran: 2 batch\(es\) held no "
-                                              r"readable image"):
+    with pytest.raises(TrainingStopped, match=r"only 0 of 2 steps ran: 2 step\(s\) had a batch "
+                                              r"with no readable image"):
         run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, stream=io.StringIO())
     assert not (tmp_path / "run" / "backbone.safetensors").exists()  # no untrained export
     assert len((tmp_path / "run" / "bad_files.jsonl").read_text().splitlines()) == 8
