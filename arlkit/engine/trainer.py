@@ -78,7 +78,8 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_run = 0
-        self.bad_files: list[tuple[str, str]] = []
+        self.bad_file_log: Any = None  # set by fit(); its counts travel in checkpoints
+        self._bad_file_state: dict[str, Any] | None = None  # from a resumed checkpoint
         self.seen = 0
         self.last_checkpoint: str | None = None
         self._stop_requested = False
@@ -106,6 +107,7 @@ class Trainer:
             "rng": ckpt.capture_rng(),
             "nonfinite_total": self.nonfinite_total,
             "seen": self.seen,
+            "bad_files": self.bad_file_log.state_dict() if self.bad_file_log is not None else None,
             "sampler": {"step": self.step, "global_batch": self.plan.global_batch,
                         "seed": self.recipe.seed},
         }
@@ -141,6 +143,7 @@ class Trainer:
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.seen = int(state["seen"])
+        self._bad_file_state = state.get("bad_files")  # checkpoints before 2026-11-28 lack it
         self.last_checkpoint = path
 
     # ------------------------------------------------------------------ steps
@@ -278,6 +281,10 @@ class Trainer:
         loader = make_loader(self.views_dataset, sampler, recipe.data.num_workers,
                              self.device.type == "cuda")
         result = TrainResult(self.step, self.last_checkpoint)
+        self.bad_file_log = bad_file_log
+        if bad_file_log is not None and self._bad_file_state:
+            # resumed: the bad-file fraction continues from the earlier run's counts
+            bad_file_log.load_state_dict(self._bad_file_state)
         previous = signal.getsignal(signal.SIGINT)
         in_main_thread = True
         try:

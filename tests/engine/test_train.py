@@ -216,3 +216,39 @@ def test_bad_resume_path_leaves_the_run_dir_alone(toy, tmp_path):
         run_recipe(str(RECIPES / "quickstart.yaml"), toy("quickstart.yaml"),
                    resume=str(tmp_path / "nope"), stream=io.StringIO())
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_file_counts_survive_resume(toy, tmp_path):
+    # a quarter of the rows are junk; the fraction after --resume counts the earlier run too
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "junk.png").write_text("not an image")
+    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype("uint8")).save(
+        tmp_path / "good.png")
+    rows = "".join(f"{name}.png,liver\n" for name in ("good", "good", "good", "junk") * 4)
+    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
+    data = (f"data.dataset={{name: manifest, params: {{path: {tmp_path / 'm.csv'}, size: 48, "
+            "max_bad_fraction: 1.0}}")
+
+    def train(steps: int, resume: str | None) -> dict:
+        overrides = toy("ablation-mim.yaml", steps=steps) + [
+            data, "data.batch_size=4", "train.ckpt_every=1"]
+        try:
+            run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, resume=resume,
+                       stream=io.StringIO())
+        except TrainingStopped:  # steps whose batch held only junk end the run short
+            pass
+        _, state, _ = ckpt.read_checkpoint(ckpt.find_latest(str(tmp_path / "run")))
+        return state
+
+    first = train(3, None)
+    assert first["bad_files"]["seen"] == 4 * first["step"]
+    n_bad = len(first["bad_files"]["bad"])
+    assert n_bad > 0
+    second = train(6, "latest")
+    assert second["step"] > first["step"]
+    assert second["bad_files"]["seen"] == 4 * second["step"]  # not restarted at zero
+    assert second["bad_files"]["bad"][:n_bad] == first["bad_files"]["bad"]
+    lines = (tmp_path / "run" / "bad_files.jsonl").read_text().splitlines()
+    assert len(lines) == len(second["bad_files"]["bad"])  # nothing listed twice
