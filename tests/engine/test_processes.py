@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from toy_recipes import RECIPES
+from toy_recipes import RECIPES, partly_unreadable_dataset
 
 from arlkit.engine import checkpoint as ckpt
 
@@ -111,19 +111,10 @@ def test_a_batch_unreadable_on_one_process_is_skipped_by_all(toy, tmp_path):
     # good image must be skipped by both, or the second waits forever in its all-reduce
     import re
 
-    import numpy as np
-    from PIL import Image
-
-    (tmp_path / "junk.png").write_text("not an image")
-    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype("uint8")).save(
-        tmp_path / "good.png")
-    rows = "".join(f"{name}.png,liver\n" for name in ("good", "good", "good", "junk") * 2)
-    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
     run_dir = tmp_path / "run"
     overrides = toy("ablation-mim.yaml", steps=8) + [
         f"run_dir={run_dir}", "data.batch_size=2", "train.log_every=1",
-        f"data.dataset={{name: manifest, params: {{path: {tmp_path / 'm.csv'}, size: 48, "
-        "max_bad_fraction: 1.0}}"]
+        partly_unreadable_dataset(tmp_path, 2)]
     cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m",
            "arlkit", "run", str(RECIPES / "ablation-mim.yaml"), *overrides]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from toy_recipes import RECIPES
+from toy_recipes import RECIPES, partly_unreadable_dataset
 
 from arlkit.engine import checkpoint as ckpt
 from arlkit.engine.objectives import Objective
@@ -220,16 +220,7 @@ def test_bad_resume_path_leaves_the_run_dir_alone(toy, tmp_path):
 
 def test_bad_file_counts_survive_resume(toy, tmp_path):
     # a quarter of the rows are junk; the fraction after --resume counts the earlier run too
-    import numpy as np
-    from PIL import Image
-
-    (tmp_path / "junk.png").write_text("not an image")
-    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype("uint8")).save(
-        tmp_path / "good.png")
-    rows = "".join(f"{name}.png,liver\n" for name in ("good", "good", "good", "junk") * 4)
-    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
-    data = (f"data.dataset={{name: manifest, params: {{path: {tmp_path / 'm.csv'}, size: 48, "
-            "max_bad_fraction: 1.0}}")
+    data = partly_unreadable_dataset(tmp_path, 4)
 
     def train(steps: int, resume: str | None) -> dict:
         overrides = toy("ablation-mim.yaml", steps=steps) + [

@@ -46,3 +46,18 @@ def toy_overrides(tmp_path: pathlib.Path, recipe: str, steps: int = 2, **extra: 
     out += [f"train.steps={steps}", f"run_dir={tmp_path / 'run'}"]
     out += [f"{k}={v}" for k, v in extra.items()]
     return out
+
+
+def partly_unreadable_dataset(tmp_path: pathlib.Path, repeats: int) -> str:
+    """A ``data.dataset`` override: a manifest of ``good, good, good, junk`` × ``repeats``
+    (a readable 48 px PNG and a file that is not an image), bad files tolerated."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "junk.png").write_text("not an image")
+    pixels = (np.random.default_rng(0).random((48, 48)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(tmp_path / "good.png")
+    rows = "".join(f"{name}.png,liver\n" for name in ("good", "good", "good", "junk") * repeats)
+    (tmp_path / "m.csv").write_text("path,organ\n" + rows)
+    return (f"data.dataset={{name: manifest, params: {{path: {tmp_path / 'm.csv'}, size: 48, "
+            "max_bad_fraction: 1.0}}")
