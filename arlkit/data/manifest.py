@@ -23,6 +23,7 @@ unless the manifest already has a ``frame`` column or ``expand_frames=False``.
 from __future__ import annotations
 
 import csv
+import difflib
 import functools
 import io
 import json
@@ -243,6 +244,7 @@ def _read_table(fs: Any, root: str, source: str) -> list[dict[str, Any]]:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{source}: line {n} is not JSON: {exc}") from None
+    _check_column_names(rows, source)
     out = []
     for n, row in enumerate(rows, 1):
         if row.get(None):  # csv.DictReader puts the fields beyond the header under None
@@ -256,6 +258,29 @@ def _read_table(fs: Any, root: str, source: str) -> list[dict[str, Any]]:
     if out and not all("path" in r for r in out):
         raise DataError(f"{source}: the manifest needs a 'path' column (columns: {', '.join(COLUMNS)})")
     return out
+
+
+def _check_column_names(rows: list[dict[Any, Any]], source: str) -> None:
+    """Other columns are kept out of the way (metadata), but one that looks like a misspelt
+    column the manifest lacks (``Organ_Name`` without ``organ``) would silently turn every
+    organ into ``unknown``: that is an error naming the column."""
+    keys: set[Any] = set()
+    for row in rows:  # JSON lines may differ in their keys
+        keys.update(row)
+    header = {str(k).strip().lower() for k in keys if k is not None}
+    missing = [c for c in COLUMNS if c not in header]
+    for col in sorted(header - set(COLUMNS)):
+        words = col.replace(" ", "_").replace("-", "_").split("_")
+        hint = next((c for c in missing if c in (words[0], words[-1])), None)  # organ_name
+        if hint is None:
+            near = difflib.get_close_matches(col, missing, n=1, cutoff=0.8)  # organs, patient
+            hint = near[0] if near else None
+        if hint:
+            raise DataError(
+                f"{source}: column {col!r} is not one arlkit reads; did you mean {hint!r}? "
+                f"Rename it to {hint!r}, or give it a name unlike {hint!r} if it is other "
+                f"metadata (columns read: {', '.join(COLUMNS)})"
+            )
 
 
 def _read_parquet(fs: Any, root: str, source: str) -> list[dict[str, Any]]:

@@ -366,3 +366,14 @@ def test_string_column_behaves_like_a_list() -> None:
     with pytest.raises(IndexError):
         col[5]
     assert StringColumn([]) == [] and StringColumn(["x"])._none is None
+
+
+def test_a_misspelt_column_is_an_error_not_silently_unknown(tmp_path):
+    (tmp_path / "m.csv").write_text("path,Organ_Name,age\na.png,liver,40\n")
+    with pytest.raises(DataError, match=r"column 'organ_name' is not one arlkit reads; did you "
+                                        r"mean 'organ'\?"):
+        load_manifest(str(tmp_path / "m.csv"))
+    # other metadata columns stay allowed
+    (tmp_path / "ok.csv").write_text("path,organ,age,sex\na.png,liver,40,f\n")
+    assert load_manifest(str(tmp_path / "ok.csv")).organ.tolist() == [
+        TAX.index("liver", "organ")]
