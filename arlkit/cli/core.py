@@ -69,12 +69,8 @@ def _validate(args: argparse.Namespace) -> int:
         console().print(dump_recipe(recipe), markup=False)
     if not args.schema_only:  # what `run` would reject before its first step
         from arlkit.engine.build import build_components
-        from arlkit.errors import ConfigError
 
-        try:
-            build_components(recipe)
-        except ConfigError as exc:
-            raise ConfigError(f"{args.recipe}: {exc}") from exc
+        build_components(recipe, source=args.recipe)
     console().print(
         f"{args.recipe}: valid ({len(recipe.objectives)} objective(s): "
         f"{', '.join(o.name for o in recipe.objectives)}; run dir {recipe.resolved_run_dir()})",

@@ -90,14 +90,28 @@ def _check_balancer_names(balancer: Any, names: tuple[str, ...]) -> None:
             )
 
 
-def build_components(recipe: Recipe, registries: Registries | None = None) -> Components:
+def build_components(
+    recipe: Recipe, registries: Registries | None = None, source: str | None = None
+) -> Components:
     """Build backbone, objectives, teacher, balancer, dataset and views of ``recipe``.
+
+    Args:
+        recipe: the validated recipe.
+        registries: where names are looked up (the default registries when None).
+        source: the recipe's file, named first in error messages when given.
 
     Raises:
         ConfigError: a parameter value a component rejects; the message starts with its
-            recipe path (``objectives[0].params: ...``).
+            recipe path (``[source: ]objectives[0].params: ...``).
         DataError: the dataset cannot be read (the message names the file).
     """
+    if source is None:
+        return _build(recipe, registries)
+    with _at(source):
+        return _build(recipe, registries)
+
+
+def _build(recipe: Recipe, registries: Registries | None) -> Components:
     registries = registries or default_registries
     taxonomy = recipe.taxonomy.build()
     config = backbone_config(recipe)

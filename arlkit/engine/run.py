@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 import torch
 
-from arlkit.errors import ArlkitError, ConfigError
+from arlkit.errors import ArlkitError
 
 __all__ = ["prepare_run_dir", "run_recipe"]
 
@@ -75,10 +75,7 @@ def run_recipe(
 
     recipe = load_recipe(source, overrides)
     torch.manual_seed(recipe.seed)
-    try:
-        comps = build_components(recipe)
-    except ConfigError as exc:  # a value only the component checks: name the recipe too
-        raise ConfigError(f"{source}: {exc}") from exc
+    comps = build_components(recipe, source=source)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(recipe.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     run_dir = recipe.resolved_run_dir()

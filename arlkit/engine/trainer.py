@@ -189,9 +189,11 @@ class Trainer:
         Such a step is skipped by all processes alike: a process that skipped alone would
         leave the others waiting in their gradient all-reduce.
         """
-        flag = torch.tensor([float(any(b["n"] == 0 for b in micro_batches))], device=self.device)
-        if self.dist.enabled:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        empty = any(b["n"] == 0 for b in micro_batches)
+        if not self.dist.enabled:  # no tensor, no device synchronisation
+            return empty
+        flag = torch.tensor([float(empty)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
     def _all_finite(self, value: torch.Tensor) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,11 +202,68 @@ def _balanced(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
 
 
-def _loop(loader: DataLoader, epochs: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def fit_best_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    *,
+    lr: float,
+    epochs: int,
+    total: int,
+    warmup: int,
+    loss_of: Callable[[dict[str, Any]], torch.Tensor | None],
+    score: Callable[[], float] | None,
+    metric: str,
+    train_mode: Callable[[], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[int, list[float], int]:
+    """The loop shared by fine-tuning and segmentation.
+
+    Trains ``epochs`` passes (at most ``total`` optimizer steps) under the warm-up cosine
+    rate of every parameter group (``lr · lr_scale``), scores the model after each epoch
+    and leaves it with the weights of the best epoch.
+
+    Args:
+        loss_of: the loss of a batch, or None to skip the batch (it costs no step).
+        score: validation score after an epoch (higher is better); None keeps the last
+            epoch.
+        metric: the score's name in the log lines.
+        train_mode: puts the model in training mode (default ``model.train()``).
+
+    Returns:
+        ``(best epoch, score of every epoch, optimizer steps taken)``.
+    """
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    scores: list[float] = []
+    step = 0
     for epoch in range(epochs):
+        (train_mode or model.train)()
         for batch in loader:
-            if "image" in batch:
-                yield epoch, batch
+            if "image" not in batch:
+                continue
+            loss = loss_of(batch)
+            if loss is None:
+                continue
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"] * warmup_cosine(step, total, warmup)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= total:
+                break
+        value = score() if score is not None else float(epoch)
+        scores.append(value)
+        if best is None or value > best[0]:
+            best = (value, epoch, copy.deepcopy(model.state_dict()))
+        if log:
+            log(f"epoch {epoch + 1}/{epochs}: val {metric} {value:.4f}")
+        if step >= total:
+            break
+    if best is None:
+        raise ConfigError("fine-tuning ran no epoch: give at least one epoch or step")
+    model.load_state_dict(best[2])
+    return best[1], scores, step
 
 
 def finetune_classifier(
@@ -260,40 +317,16 @@ def finetune_classifier(
     warmup = int(warmup_fraction * total)
     val_loader = batches(val, batch_size, False, seed, workers) if len(val) else None
     loss_fn = nn.CrossEntropyLoss()
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    scores: list[float] = []
-    step, current = 0, 0
 
-    def end_epoch(epoch: int) -> None:
-        nonlocal best
-        if val_loader is not None:
-            score = _balanced(*predict(model, val_loader, device))
-        else:  # no validation split: keep the last epoch
-            score = float(epoch)
-        scores.append(score)
-        if best is None or score > best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()))
-        if log:
-            log(f"epoch {epoch + 1}/{epochs}: val balanced accuracy {score:.4f}")
-        model.train()
-
-    model.train()
-    for epoch, batch in _loop(loader, epochs):
-        if epoch != current:
-            end_epoch(current)
-            current = epoch
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"] * warmup_cosine(step, total, warmup)
+    def loss_of(batch: dict[str, Any]) -> torch.Tensor:
         logits = model(batch["image"].to(device), batch["organ"].to(device))
-        loss = loss_fn(logits, batch["label"].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step >= total:
-            break
-    end_epoch(current)
-    assert best is not None
-    model.load_state_dict(best[2])
+        return loss_fn(logits, batch["label"].to(device))
+
+    def score() -> float:
+        return _balanced(*predict(model, val_loader, device))
+
+    best_epoch, scores, step = fit_best_epoch(
+        model, loader, opt, lr=lr, epochs=epochs, total=total, warmup=warmup, loss_of=loss_of,
+        score=score if val_loader is not None else None, metric="balanced accuracy", log=log)
     probs, _ = predict(model, batches(test, batch_size, False, seed, workers), device)
-    return FinetuneResult(probs, best[1], scores, step)
+    return FinetuneResult(probs, best_epoch, scores, step)

@@ -36,6 +36,25 @@ def _fmt_fraction(f: float) -> str:
     return f"{f:g}"
 
 
+def _training_kwargs(cfg: EvalConfig, protocol: str, device: torch.device,
+                     log: Log) -> dict[str, Any]:
+    """Keyword arguments shared by fine-tuning and segmentation, with the protocol's defaults."""
+    return {
+        "epochs": cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[protocol],
+        "steps": cfg.steps,
+        "lr": (cfg.lrs or DEFAULT_LR[protocol])[0],
+        "weight_decay": cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[protocol],
+        "layer_decay": cfg.layer_decay,
+        "drop_path": cfg.drop_path,
+        "batch_size": cfg.batch_size,
+        "use_organ": cfg.use_organ,
+        "device": device,
+        "workers": cfg.workers,
+        "seed": cfg.seed,
+        "log": log,
+    }
+
+
 def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
               log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Linear / kNN / fine-tune for every label fraction → (metrics, details) by fraction."""
@@ -46,9 +65,8 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
     num_classes = len(data.classes)
     metrics: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.protocol]
-    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[cfg.protocol]
     if cfg.protocol in ("linear", "knn"):
+        wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.protocol]
         fp = backbone_fingerprint(bb.model)
         feats = {}
         for split in ("train", "val", "test"):
@@ -83,14 +101,12 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
                                                                   cfg.n_boot, cfg.seed)
             log(f"fraction {frac:g}: {format_metrics(metrics[_fmt_fraction(frac)])}")
         return metrics, details
-    lr = (cfg.lrs or DEFAULT_LR["finetune"])[0]
+    kwargs = _training_kwargs(cfg, "finetune", device, log)
+    lr = kwargs["lr"]
     for frac in cfg.label_fractions:
         idx = label_fraction_indices(data.train_labels, frac, cfg.seed)
-        res = finetune_classifier(
-            bb.model, subset(data.train, idx), data.val, data.test, num_classes, epochs=epochs,
-            steps=cfg.steps, lr=lr, weight_decay=wd, layer_decay=cfg.layer_decay,
-            drop_path=cfg.drop_path, batch_size=cfg.batch_size, pool=cfg.pool,
-            use_organ=cfg.use_organ, device=device, workers=cfg.workers, seed=cfg.seed, log=log)
+        res = finetune_classifier(bb.model, subset(data.train, idx), data.val, data.test,
+                                  num_classes, pool=cfg.pool, **kwargs)
         labels = dataset_labels(data.test)
         metrics[_fmt_fraction(frac)] = classification_metrics(labels, res.test_probs, cfg.n_boot, cfg.seed)
         details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,
@@ -122,18 +138,14 @@ def run_segmentation(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, devi
     from arlkit.eval.segment import decoder_width, train_segmentation
 
     num_classes = len(data.classes)
-    lr = (cfg.lrs or DEFAULT_LR["segment"])[0]
-    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD["segment"]
-    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS["segment"]
+    kwargs = _training_kwargs(cfg, "segment", device, log)
+    lr = kwargs["lr"]
     metrics, details = {}, {}
     for frac in cfg.label_fractions:
         idx = label_fraction_indices(data.train_labels, frac, cfg.seed)
-        res = train_segmentation(
-            bb.model, subset(data.train, idx), data.val, data.test, num_classes, epochs=epochs,
-            steps=cfg.steps, lr=lr, weight_decay=wd, layer_decay=cfg.layer_decay,
-            drop_path=cfg.drop_path, batch_size=cfg.batch_size, freeze_backbone=cfg.freeze_backbone,
-            channels=cfg.decoder_channels,
-            use_organ=cfg.use_organ, device=device, workers=cfg.workers, seed=cfg.seed, log=log)
+        res = train_segmentation(bb.model, subset(data.train, idx), data.val, data.test,
+                                 num_classes, freeze_backbone=cfg.freeze_backbone,
+                                 channels=cfg.decoder_channels, **kwargs)
         metrics[_fmt_fraction(frac)] = segmentation_metrics(res.pred, res.target, num_classes,
                                                             cfg.n_boot, cfg.seed)
         details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlkit.errors import ConfigError
-from arlkit.eval.finetune import batches, make_optimizer, schedule, set_drop_path, warmup_cosine
+from arlkit.eval.finetune import (
+    batches,
+    fit_best_epoch,
+    make_optimizer,
+    schedule,
+    set_drop_path,
+)
 from arlkit.eval.metrics import confusion_matrices, dice_from_confusion
 from arlkit.models.upernet import UPerNet
 
@@ -202,42 +208,28 @@ def train_segmentation(
     warmup = int(warmup_fraction * total)
     val_loader = batches(val, batch_size, False, seed, workers) if len(val) else None
     loss_fn = nn.CrossEntropyLoss()
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    scores: list[float] = []
-    step = 0
-    for epoch in range(epochs):
+
+    def loss_of(batch: dict[str, Any]) -> torch.Tensor | None:
+        if batch["image"].shape[0] < 2:  # BatchNorm
+            return None
+        logits = model(batch["image"].to(device), batch["organ"].to(device))
+        mask = batch["mask"].to(device)
+        # cross-entropy + Dice: small structures (the LV) are not drowned by background
+        return loss_fn(logits, mask) + soft_dice_loss(logits, mask)
+
+    def score() -> float:
+        pred, target = predict_masks(model, val_loader, device)
+        value = float(dice_from_confusion(confusion_matrices(pred, target, num_classes).sum(0)))
+        return value if np.isfinite(value) else 0.0
+
+    def train_mode() -> None:
         model.train()
         if freeze_backbone:
             model.backbone.eval()
-        for batch in loader:
-            if "image" not in batch or batch["image"].shape[0] < 2:
-                continue
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"] * warmup_cosine(step, total, warmup)
-            logits = model(batch["image"].to(device), batch["organ"].to(device))
-            mask = batch["mask"].to(device)
-            # cross-entropy + Dice: small structures (the LV) are not drowned by background
-            loss = loss_fn(logits, mask) + soft_dice_loss(logits, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step >= total:
-                break
-        if val_loader is not None:
-            pred, target = predict_masks(model, val_loader, device)
-            score = float(dice_from_confusion(confusion_matrices(pred, target, num_classes).sum(0)))
-            score = score if np.isfinite(score) else 0.0
-        else:
-            score = float(epoch)
-        scores.append(score)
-        if best is None or score > best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()))
-        if log:
-            log(f"epoch {epoch + 1}/{epochs}: val Dice {score:.4f}")
-        if step >= total:
-            break
-    assert best is not None
-    model.load_state_dict(best[2])
+
+    best_epoch, scores, step = fit_best_epoch(
+        model, loader, opt, lr=lr, epochs=epochs, total=total, warmup=warmup, loss_of=loss_of,
+        score=score if val_loader is not None else None, metric="Dice", train_mode=train_mode,
+        log=log)
     pred, target = predict_masks(model, batches(test, batch_size, False, seed, workers), device)
-    return SegmentationResult(pred, target, best[1], scores, step)
+    return SegmentationResult(pred, target, best_epoch, scores, step)

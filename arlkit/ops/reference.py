@@ -134,8 +134,7 @@ class _Geometry:
         base = (torch.arange(b, device=dev) * ((h + 2) * (w + 2) * g)).view(1, b, 1, 1, 1)
         base = base + torch.arange(g, device=dev).view(1, 1, 1, 1, g)
         self.row = (y0.mul_(w + 2).add_(x0).long() * g + base).view(k, -1)
-        self.shifts = (0, g, (w + 2) * g, (w + 3) * g)
-        self.corner = torch.tensor(self.shifts, device=dev)
+        self.corner = torch.tensor([0, g, (w + 2) * g, (w + 3) * g], device=dev)
         hy, hx = (1 - self.ly) * self.v, 1 - self.lx
         ly = self.ly * self.v
         self.bil = torch.stack([hy * hx, hy * self.lx, ly * hx, ly * self.lx], -1)
