@@ -195,16 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(
         "--ops",
-        default="reference,torchvision",
-        help="deform ops for (a), comma-separated registry names",
+        default=None,
+        help="deform ops for (a), comma-separated registry names (default: reference,numba,"
+        "torchvision on the CPU; reference,torchvision,triton,auto on CUDA)",
     )
     p.add_argument(
         "--step-ops",
-        default="reference",
-        help="deform ops whose A-ViT training step is timed in (b)",
+        default=None,
+        help="deform ops whose A-ViT training step is timed in (b) (default: reference,numba "
+        "on the CPU; reference,triton on CUDA)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if args.ops is None:
+        args.ops = "reference,torchvision,triton,auto" if cuda else "reference,numba,torchvision"
+    if args.step_ops is None:
+        args.step_ops = "reference,triton" if cuda else "reference,numba"
     args.ops = [o for o in args.ops.split(",") if o]
     args.step_ops = [o for o in args.step_ops.split(",") if o]
     if args.threads:

@@ -1,8 +1,10 @@
-"""The ``auto`` deform op: the fused Triton kernel on CUDA, the reference elsewhere.
+"""The ``auto`` deform op: the fastest implementation of the contract for each call.
 
-Recipes default to ``auto``: training on a GPU gets the fused kernel (when Triton is
-importable) and everything else — CPU runs, machines without Triton — the pure-PyTorch
-reference, with identical semantics (the operator contract of :mod:`arlkit.ops`).
+Recipes default to ``auto``: on a GPU it runs the fused Triton kernel (when Triton is
+importable); on the CPU the fused Numba kernels (when Numba is installed — the ``cpu``
+extra — and the weights are depthwise, the ACDT default); everything else runs the
+pure-PyTorch reference. All have the same semantics (the operator contract of
+:mod:`arlkit.ops`), so a checkpoint trained with one runs with the others.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib.util
 
 import torch
 from torch import Tensor
+
+from arlkit.ops.numba_deform import deform_conv_numba, is_depthwise, numba_available
 
 __all__ = ["AutoDeform", "deform_conv_auto", "triton_available"]
 
@@ -41,15 +45,18 @@ def deform_conv_auto(
     dilation: int = 1,
     deterministic: bool | None = None,
     use_triton: bool | None = None,
+    use_numba: bool | None = None,
 ) -> Tensor:
     """Deformable sampling by the fastest available implementation of the contract.
 
     Args:
         x, offset, weight, mask, kernel_size, dilation: as in :mod:`arlkit.ops`.
         deterministic: passed to the Triton op (None follows
-            ``torch.are_deterministic_algorithms_enabled()``); the reference is deterministic
-            whenever PyTorch's deterministic algorithms are enabled.
+            ``torch.are_deterministic_algorithms_enabled()``); the Numba kernels are always
+            deterministic, the reference whenever PyTorch's deterministic algorithms are.
         use_triton: whether Triton may be used; None checks :func:`triton_available`.
+        use_numba: whether the Numba kernels may be used on CPU tensors; None checks
+            :func:`arlkit.ops.numba_deform.numba_available`.
 
     Returns:
         ``(B, C_out, H, W)``, channels-last.
@@ -71,6 +78,13 @@ def deform_conv_auto(
             dilation=dilation,
             deterministic=deterministic,
         )
+    if x.device.type == "cpu" and is_depthwise(x, weight):
+        if use_numba is None:
+            use_numba = numba_available()
+        if use_numba:
+            return deform_conv_numba(
+                x, offset, weight, mask, kernel_size=kernel_size, dilation=dilation
+            )
     from arlkit.ops.reference import deform_conv_reference
 
     return deform_conv_reference(x, offset, weight, mask, kernel_size=kernel_size, dilation=dilation)
@@ -79,8 +93,8 @@ def deform_conv_auto(
 class AutoDeform:
     """The ``auto`` deform op (callable following the operator contract).
 
-    Triton's availability is decided once, at construction, so that a compiled model does
-    not re-check it on every call.
+    The availability of Triton and Numba is decided once, at construction, so that a
+    compiled model does not re-check it on every call.
 
     Args:
         deterministic: see :func:`deform_conv_auto`.
@@ -90,6 +104,7 @@ class AutoDeform:
         self.deterministic = deterministic
         # a machine without CUDA never runs the kernel: do not import Triton there
         self.use_triton = torch.cuda.is_available() and triton_available()
+        self.use_numba = numba_available()
 
     def __call__(
         self,
@@ -110,7 +125,11 @@ class AutoDeform:
             dilation=dilation,
             deterministic=self.deterministic,
             use_triton=self.use_triton,
+            use_numba=self.use_numba,
         )
 
     def __repr__(self) -> str:
-        return f"AutoDeform(deterministic={self.deterministic}, triton={self.use_triton})"
+        return (
+            f"AutoDeform(deterministic={self.deterministic}, triton={self.use_triton}, "
+            f"numba={self.use_numba})"
+        )

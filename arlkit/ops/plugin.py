@@ -1,4 +1,4 @@
-"""Registers the built-in deformable operators (``reference``, ``torchvision``).
+"""Registers the built-in deformable operators (``reference``, ``numba``, ``torchvision``).
 
 The fused kernels (``triton``, ``auto``) register from :mod:`arlkit.ops.plugin_triton`.
 """
@@ -18,6 +18,23 @@ def reference() -> DeformOp:
     return deform_conv_reference
 
 
+def numba() -> DeformOp:
+    """Fused CPU kernels compiled by Numba (depthwise weights; the ``cpu`` extra).
+
+    Raises:
+        ConfigError: Numba is not installed.
+    """
+    from arlkit.errors import ConfigError
+    from arlkit.ops.numba_deform import deform_conv_numba, numba_available
+
+    if not numba_available():
+        raise ConfigError(
+            "deform op 'numba' needs the 'numba' package: pip install 'arlkit[cpu]', or use "
+            "deform_op 'auto' (the reference op when Numba is missing)"
+        )
+    return deform_conv_numba
+
+
 def torchvision() -> DeformOp:
     """``torchvision.ops.deform_conv2d`` behind the arlkit contract (slow; for checking)."""
     from arlkit.ops.tv import deform_conv_torchvision
@@ -28,4 +45,5 @@ def torchvision() -> DeformOp:
 @hookimpl
 def arlkit_register_deform_ops(register: Any) -> None:
     register.add("reference", reference)
+    register.add("numba", numba)
     register.add("torchvision", torchvision)

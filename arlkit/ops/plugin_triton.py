@@ -1,7 +1,8 @@
 """Registers the fused deform ops ``triton`` and ``auto`` (built-in plugin).
 
-``auto`` (the recipes' default) uses the Triton kernel on CUDA when Triton is importable and
-the ``reference`` op otherwise; ``triton`` insists on the kernel.
+``auto`` (the recipes' default) uses the Triton kernel on CUDA when Triton is importable,
+the Numba kernels on the CPU when Numba is installed, and the ``reference`` op otherwise;
+``triton`` insists on the kernel.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def triton(deterministic: bool | None = None) -> TritonDeform:
 
 
 def auto(deterministic: bool | None = None) -> AutoDeform:
-    """Triton kernel on CUDA when Triton is importable, else the pure-PyTorch reference.
+    """Triton on CUDA, Numba on the CPU (depthwise weights), else the pure-PyTorch reference.
 
     Args:
         deterministic: passed to the Triton kernel (None: follow PyTorch's setting).
