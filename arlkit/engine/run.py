@@ -25,6 +25,15 @@ def _device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _environment(recipe: Any, device: torch.device, world: int) -> dict[str, Any]:
     import arlkit
     from arlkit import plugins
@@ -37,6 +46,8 @@ def _environment(recipe: Any, device: torch.device, world: int) -> dict[str, Any
         "platform": platform.platform(),
         "device": str(device),
         "world_size": world,
+        # what the deform op 'auto' can choose from here (None: not installed)
+        "kernels": {name: _version(name) for name in ("triton", "numba")},
         "argv": sys.argv,
         "plugins": [
             {"name": p.name, "distribution": p.dist, "version": p.version, "status": p.status}
