@@ -34,20 +34,30 @@ from arlkit.ops.reference import check_deform_args
 __all__ = ["deform_conv_numba", "numba_available"]
 
 _AVAILABLE: bool | None = None
+_WHY = "the 'numba' package is not installed: pip install 'arlkit[cpu]'"
 
 
 def numba_available() -> bool:
-    """Whether Numba imports here (checked once per process)."""
-    global _AVAILABLE
+    """Whether the kernels can be used here: Numba imports and the kernel module loads
+    (checked once per process; compilation itself happens at the first call)."""
+    global _AVAILABLE, _WHY
     if _AVAILABLE is None:
         ok = importlib.util.find_spec("numba") is not None
         if ok:
             try:
-                import numba  # noqa: F401
-            except Exception:  # a broken install (llvmlite ABI) means: no kernel
+                from arlkit.ops import _numba_kernels  # noqa: F401
+            except Exception as exc:  # a broken install (llvmlite ABI), no writable cache
                 ok = False
+                _WHY = f"numba is installed but the kernels do not load: {exc}"
         _AVAILABLE = ok
     return _AVAILABLE
+
+
+def unavailable_error() -> ConfigError:
+    """The error for an explicit ``numba`` op where the kernels cannot run."""
+    return ConfigError(
+        f"deform op 'numba': {_WHY}; or use deform_op 'auto' (the reference op without Numba)"
+    )
 
 
 def _kernels():
@@ -140,10 +150,7 @@ def deform_conv_numba(
     """
     groups, _ = check_deform_args(x, offset, weight, mask, kernel_size, dilation)
     if not numba_available():
-        raise ConfigError(
-            "deform op 'numba' needs the 'numba' package: pip install 'arlkit[cpu]', or use "
-            "deform_op 'auto' (the reference op when Numba is missing)"
-        )
+        raise unavailable_error()
     tensors = [x, offset, weight] + ([] if mask is None else [mask])
     if any(t.device.type != "cpu" for t in tensors):
         raise ConfigError(

@@ -24,14 +24,10 @@ def numba() -> DeformOp:
     Raises:
         ConfigError: Numba is not installed.
     """
-    from arlkit.errors import ConfigError
-    from arlkit.ops.numba_deform import deform_conv_numba, numba_available
+    from arlkit.ops.numba_deform import deform_conv_numba, numba_available, unavailable_error
 
     if not numba_available():
-        raise ConfigError(
-            "deform op 'numba' needs the 'numba' package: pip install 'arlkit[cpu]', or use "
-            "deform_op 'auto' (the reference op when Numba is missing)"
-        )
+        raise unavailable_error()
     return deform_conv_numba
 
 
