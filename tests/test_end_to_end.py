@@ -4,13 +4,14 @@
 ``arlkit eval linear --data synthetic:breast`` probes the exported backbone and a random
 initialisation of the same architecture with the same protocol and seed.
 
-Measured on the 2-core development CPU (2026-11-28), 400/100/400 train/val/test images, the
-probe trained to convergence (at least 2000 steps): the shipped quickstart reaches 0.838 /
-0.833 / 0.830 on probe seeds 0 / 1 / 2 against 0.813 / 0.835 / 0.815 for random init — margins
-+0.025, -0.002, +0.015, inside the ±0.04 bootstrap interval of 400 test images. At this toy
-scale (0.5 M parameters, ~3k images seen) pretraining does not yet beat random features by a
-margin that holds across seeds (every setting that moves the weights further did worse; see
-benchmarks/RESULTS.md, issue 7). This test therefore pins what holds: the README's commands
+Measured on the 2-core development CPU (2026-11-28, the Numba deform kernels that ``auto``
+picks on the CPU), 400/100/400 train/val/test images, the probe trained to convergence (at
+least 2000 steps): the shipped quickstart reaches 0.833 / 0.833 / 0.828 on probe seeds
+0 / 1 / 2 against 0.813 / 0.835 / 0.815 for random init — margins +0.020, -0.003, +0.013,
+inside the ±0.04 bootstrap interval of 400 test images (with the pure-PyTorch reference op:
+0.838 / 0.833 / 0.830). At this toy scale (0.5 M parameters, ~3k images seen) pretraining
+does not yet beat random features by a margin that holds across seeds (every setting that
+moves the weights further did worse; see benchmarks/RESULTS.md, issue 7). This test therefore pins what holds: the README's commands
 run end to end, both backbones are far above chance, and pretraining does not damage the
 features (pretrained ≥ random − 0.02; runs with a 10× learning rate fell 0.05–0.10 below).
 """
