@@ -146,3 +146,20 @@ def test_auto_uses_numba_on_cpu_for_depthwise_and_reference_otherwise() -> None:
         auto(x, offset, mixing, kernel_size=3),
         deform_conv_reference(x, offset, mixing, kernel_size=3),
     )
+
+
+def test_torch_compile_traces_through_the_op() -> None:
+    # the engine's train.compile wraps forward_features, which calls the op on the CPU
+    x, offset, weight, _ = _inputs(2, 6, 5, 5, 3, 3, seed=11, dtype=torch.float32)
+
+    def loss(x, o, w):
+        return deform_conv_numba(x * 2, o, w, kernel_size=3).square().sum()
+
+    ins = [t.clone().requires_grad_() for t in (x, offset, weight)]
+    want = loss(*ins)
+    want_grads = torch.autograd.grad(want, ins)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got = compiled(*ins)
+    torch.testing.assert_close(got, want)
+    for a, e in zip(torch.autograd.grad(got, ins), want_grads):
+        torch.testing.assert_close(a, e)
