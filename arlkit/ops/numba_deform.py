@@ -88,42 +88,88 @@ def _arrays(x: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, grou
     return xc, oc, wc, mc
 
 
-class _NumbaDeform(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, offset, weight, mask, ks, dil, groups):  # type: ignore[override]
-        forward, _ = _kernels()
-        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xc, oc, wc, mc = _arrays(x, offset, weight, mask, groups, dt)
-        out = torch.zeros_like(xc)
-        _threads()
-        forward(xc.numpy(), oc.numpy(), wc.numpy(), mc.numpy(), mask is not None, ks, dil,
-                groups, out.numpy())
-        ctx.save_for_backward(x, offset, weight, mask)
-        ctx.conf = (ks, dil, groups)
-        return out.permute(0, 3, 1, 2).to(x.dtype)  # channels-last strides, like reference
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def backward(ctx, gy):  # type: ignore[override]
-        x, offset, weight, mask = ctx.saved_tensors
-        ks, dil, groups = ctx.conf
-        _, backward = _kernels()
-        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xc, oc, wc, mc = _arrays(x, offset, weight, mask, groups, dt)
-        b, c, h, w = x.shape
-        k = ks * ks
-        gyc = gy.permute(0, 2, 3, 1).to(dt).contiguous()
-        gx = torch.zeros_like(xc)
-        goff = torch.zeros_like(oc)
-        gw = torch.zeros(b, k, c, dtype=dt)  # per image: threads never share a row
-        gm = torch.zeros_like(mc)
-        _threads()
-        backward(xc.numpy(), oc.numpy(), wc.numpy(), mc.numpy(), mask is not None, ks, dil,
-                 groups, gyc.numpy(), gx.numpy(), goff.numpy(), gw.numpy(), gm.numpy())
-        grad_x = gx.permute(0, 3, 1, 2).to(x.dtype)
-        grad_off = goff.view(offset.shape).to(offset.dtype)
-        grad_w = gw.sum(0).t().reshape(weight.shape).to(weight.dtype)
-        grad_m = None if mask is None else gm.view(mask.shape).to(mask.dtype)
-        return grad_x, grad_off, grad_w, grad_m, None, None, None
+
+@torch.library.custom_op("arlkit::deform_numba", mutates_args=())
+def deform_numba(
+    x: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, kernel_size: int,
+    dilation: int, groups: int,
+) -> Tensor:
+    """Forward kernel as a custom op (opaque to ``torch.compile``, no graph break)."""
+    forward, _ = _kernels()
+    dt = _compute_dtype(x)
+    xc, oc, wc, mc = _arrays(x, offset, weight, mask, groups, dt)
+    out = torch.zeros_like(xc)
+    _threads()
+    forward(xc.numpy(), oc.numpy(), wc.numpy(), mc.numpy(), mask is not None, kernel_size,
+            dilation, groups, out.numpy())
+    return out.permute(0, 3, 1, 2).to(x.dtype)  # channels-last strides, like reference
+
+
+@deform_numba.register_fake
+def _deform_numba_fake(x, offset, weight, mask, kernel_size, dilation, groups):
+    b, c, h, w = x.shape
+    return x.new_empty((b, h, w, c)).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("arlkit::deform_numba_backward", mutates_args=())
+def deform_numba_backward(
+    grad: Tensor, x: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
+    kernel_size: int, dilation: int, groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``(x, offset, weight, mask)``; the mask gradient is empty without a mask."""
+    _, backward = _kernels()
+    dt = _compute_dtype(x)
+    xc, oc, wc, mc = _arrays(x, offset, weight, mask, groups, dt)
+    b, c, h, w = x.shape
+    gyc = grad.permute(0, 2, 3, 1).to(dt).contiguous()
+    gx = torch.zeros_like(xc)
+    goff = torch.zeros_like(oc)
+    gw = torch.zeros(b, kernel_size**2, c, dtype=dt)  # per image: threads never share a row
+    gm = torch.zeros_like(mc)
+    _threads()
+    backward(xc.numpy(), oc.numpy(), wc.numpy(), mc.numpy(), mask is not None, kernel_size,
+             dilation, groups, gyc.numpy(), gx.numpy(), goff.numpy(), gw.numpy(), gm.numpy())
+    return (
+        gx.permute(0, 3, 1, 2).to(x.dtype),
+        goff.view(offset.shape).to(offset.dtype),
+        gw.sum(0).t().reshape(weight.shape).to(weight.dtype),
+        x.new_empty(0) if mask is None else gm.view(mask.shape).to(mask.dtype),
+    )
+
+
+@deform_numba_backward.register_fake
+def _deform_numba_backward_fake(grad, x, offset, weight, mask, kernel_size, dilation, groups):
+    b, c, h, w = x.shape
+    gx = x.new_empty((b, h, w, c)).permute(0, 3, 1, 2)
+    gm = x.new_empty(0) if mask is None else torch.empty_like(mask)
+    return gx, torch.empty_like(offset), torch.empty_like(weight), gm
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, offset, weight, mask, kernel_size, dilation, groups = inputs
+    ctx.save_for_backward(x, offset, weight, mask)
+    ctx.conf = (kernel_size, dilation, groups)
+
+
+def _backward(ctx, grad: Tensor):
+    x, offset, weight, mask = ctx.saved_tensors
+    gx, goff, gw, gm = deform_numba_backward(grad, x, offset, weight, mask, *ctx.conf)
+    need = ctx.needs_input_grad
+    return (
+        gx if need[0] else None,
+        goff if need[1] else None,
+        gw if need[2] else None,
+        gm if mask is not None and need[3] else None,
+        None,
+        None,
+        None,
+    )
+
+
+deform_numba.register_autograd(_backward, setup_context=_setup_context)
 
 
 def deform_conv_numba(
@@ -163,7 +209,7 @@ def deform_conv_numba(
             f"{kernel_size ** 2}); got {tuple(weight.shape)} — use deform_op 'reference' (or "
             "'auto') for channel mixing"
         )
-    return _NumbaDeform.apply(x, offset, weight, mask, kernel_size, dilation, groups)
+    return deform_numba(x, offset, weight, mask, kernel_size, dilation, groups)
 
 
 def is_depthwise(x: Tensor, weight: Tensor) -> bool:

@@ -163,3 +163,10 @@ def test_torch_compile_traces_through_the_op() -> None:
     torch.testing.assert_close(got, want)
     for a, e in zip(torch.autograd.grad(got, ins), want_grads):
         torch.testing.assert_close(a, e)
+
+
+def test_custom_op_passes_torch_library_checks() -> None:
+    x, offset, weight, mask = _inputs(1, 4, 4, 5, 2, 3, seed=12, dtype=torch.float32, mask=True)
+    args = [t.requires_grad_() for t in (x, offset, weight, mask)]
+    for m in (args[3], None):
+        torch.library.opcheck(numba_deform.deform_numba, (*args[:3], m, 3, 1, 2))
