@@ -21,12 +21,34 @@ _jit = nb.njit(
 )
 
 
+@nb.njit(inline="always", fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
+def _position(off, b, g, k, i, j, ks, dil, h, wd):
+    """Sample ``k`` of output ``(i, j)``: ``(inside, y0, x0, ly, lx, v00, v01, v10, v11)`` —
+    the top-left corner, the fractions, and which of the four corners lie in the image. A
+    sample wholly outside (or at a non-finite position) is not ``inside``."""
+    centre = (ks - 1) // 2
+    py = off[b, g, k, 0, i, j] + (i + (k // ks - centre) * dil)
+    px = off[b, g, k, 1, i, j] + (j + (k % ks - centre) * dil)
+    if not (py >= -1.0 and py < h and px >= -1.0 and px < wd):
+        return False, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    fy = math.floor(py)
+    fx = math.floor(px)
+    y0 = int(fy)
+    x0 = int(fx)
+    in_t, in_b = y0 >= 0, y0 + 1 <= h - 1
+    in_l, in_r = x0 >= 0, x0 + 1 <= wd - 1
+    return (
+        True, y0, x0, py - fy, px - fx,
+        1.0 if in_t and in_l else 0.0, 1.0 if in_t and in_r else 0.0,
+        1.0 if in_b and in_l else 0.0, 1.0 if in_b and in_r else 0.0,
+    )
+
+
 @_jit
 def forward(x, off, w, mask, has_mask, ks, dil, groups, out):
     n_b, h, wd, c = x.shape
     k_n = ks * ks
     cg = c // groups
-    centre = (ks - 1) // 2
     for bi in nb.prange(n_b * h):
         b = bi // h
         i = bi % h
@@ -37,23 +59,16 @@ def forward(x, off, w, mask, has_mask, ks, dil, groups, out):
                 ce = c0 + cg
                 o = out[b, i, j, c0:ce]
                 for k in range(k_n):
-                    py = off[b, g, k, 0, i, j] + (i + (k // ks - centre) * dil)
-                    px = off[b, g, k, 1, i, j] + (j + (k % ks - centre) * dil)
-                    if not (py >= -1.0 and py < h and px >= -1.0 and px < wd):
-                        continue  # wholly outside (or not finite): contributes nothing
-                    fy = math.floor(py)
-                    fx = math.floor(px)
-                    ly = py - fy
-                    lx = px - fx
-                    y0 = int(fy)
-                    x0 = int(fx)
+                    inside, y0, x0, ly, lx, v00, v01, v10, v11 = _position(
+                        off, b, g, k, i, j, ks, dil, h, wd
+                    )
+                    if not inside:
+                        continue  # contributes nothing
                     m = mask[b, g, k, i, j] if has_mask else 1.0
-                    in_t, in_b = y0 >= 0, y0 + 1 <= h - 1
-                    in_l, in_r = x0 >= 0, x0 + 1 <= wd - 1
-                    coef[0] = (1 - ly) * (1 - lx) * m if in_t and in_l else 0.0
-                    coef[1] = (1 - ly) * lx * m if in_t and in_r else 0.0
-                    coef[2] = ly * (1 - lx) * m if in_b and in_l else 0.0
-                    coef[3] = ly * lx * m if in_b and in_r else 0.0
+                    coef[0] = (1 - ly) * (1 - lx) * m * v00
+                    coef[1] = (1 - ly) * lx * m * v01
+                    coef[2] = ly * (1 - lx) * m * v10
+                    coef[3] = ly * lx * m * v11
                     a00, a01, a10, a11 = coef[0], coef[1], coef[2], coef[3]
                     ya, yb = max(y0, 0), min(y0 + 1, h - 1)
                     xa, xb = max(x0, 0), min(x0 + 1, wd - 1)
@@ -65,12 +80,12 @@ def forward(x, off, w, mask, has_mask, ks, dil, groups, out):
                             a00 * r00[c] + a01 * r01[c] + a10 * r10[c] + a11 * r11[c]
                         )
 
+
 @_jit
 def backward(x, off, w, mask, has_mask, ks, dil, groups, gy, gx, goff, gw, gm):
     n_b, h, wd, c = x.shape
     k_n = ks * ks
     cg = c // groups
-    centre = (ks - 1) // 2
     for bg in nb.prange(n_b * groups):
         b = bg // groups
         g = bg % groups
@@ -82,24 +97,17 @@ def backward(x, off, w, mask, has_mask, ks, dil, groups, gy, gx, goff, gw, gm):
             for j in range(wd):
                 gyr = gy[b, i, j, c0:ce]
                 for k in range(k_n):
-                    py = off[b, g, k, 0, i, j] + (i + (k // ks - centre) * dil)
-                    px = off[b, g, k, 1, i, j] + (j + (k % ks - centre) * dil)
-                    if not (py >= -1.0 and py < h and px >= -1.0 and px < wd):
+                    inside, y0, x0, ly, lx, v00, v01, v10, v11 = _position(
+                        off, b, g, k, i, j, ks, dil, h, wd
+                    )
+                    if not inside:
                         continue
-                    fy = math.floor(py)
-                    fx = math.floor(px)
-                    ly = py - fy
-                    lx = px - fx
-                    y0 = int(fy)
-                    x0 = int(fx)
                     m = mask[b, g, k, i, j] if has_mask else 1.0
-                    in_t, in_b = y0 >= 0, y0 + 1 <= h - 1
-                    in_l, in_r = x0 >= 0, x0 + 1 <= wd - 1
                     # validity of each corner, and its bilinear weight (times the mask)
-                    coef[0] = 1.0 if in_t and in_l else 0.0
-                    coef[1] = 1.0 if in_t and in_r else 0.0
-                    coef[2] = 1.0 if in_b and in_l else 0.0
-                    coef[3] = 1.0 if in_b and in_r else 0.0
+                    coef[0] = v00
+                    coef[1] = v01
+                    coef[2] = v10
+                    coef[3] = v11
                     b00 = (1 - ly) * (1 - lx) * coef[0]
                     b01 = (1 - ly) * lx * coef[1]
                     b10 = ly * (1 - lx) * coef[2]

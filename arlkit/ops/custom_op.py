@@ -22,7 +22,13 @@ from torch import Tensor
 
 from arlkit.ops.reference import check_deform_args
 
-__all__ = ["TritonDeform", "deform_conv_triton", "deform_sample", "deform_sample_backward"]
+__all__ = [
+    "TritonDeform",
+    "deform_conv_triton",
+    "deform_sample",
+    "deform_sample_backward",
+    "register_deform_autograd",
+]
 
 
 @torch.library.custom_op("arlkit::deform_sample", mutates_args=())
@@ -80,28 +86,34 @@ def _deform_sample_backward_fake(grad, x, offset, weight, mask, kernel_size, dil
     return gx, torch.empty_like(offset), weight.new_empty(weight.shape), gm
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, offset, weight, mask, kernel_size, dilation, deterministic = inputs
-    ctx.save_for_backward(x, offset, weight, mask)
-    ctx.conf = (kernel_size, dilation, deterministic)
+def register_deform_autograd(forward_op, backward_op) -> None:
+    """Make a deform custom op differentiable through its backward custom op.
+
+    Both take ``(x, offset, weight, mask, *conf)`` (the backward with the output gradient
+    first) and the backward returns ``(gx, goff, gw, gm)``, ``gm`` empty without a mask.
+    """
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, offset, weight, mask, *conf = inputs
+        ctx.save_for_backward(x, offset, weight, mask)
+        ctx.conf = tuple(conf)
+
+    def backward(ctx, grad: Tensor):
+        x, offset, weight, mask = ctx.saved_tensors
+        gx, goff, gw, gm = backward_op(grad, x, offset, weight, mask, *ctx.conf)
+        need = ctx.needs_input_grad
+        return (
+            gx if need[0] else None,
+            goff if need[1] else None,
+            gw if need[2] else None,
+            gm if mask is not None and need[3] else None,
+            *(None for _ in ctx.conf),
+        )
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
 
 
-def _backward(ctx, grad: Tensor):
-    x, offset, weight, mask = ctx.saved_tensors
-    gx, goff, gw, gm = deform_sample_backward(grad, x, offset, weight, mask, *ctx.conf)
-    need = ctx.needs_input_grad
-    return (
-        gx if need[0] else None,
-        goff if need[1] else None,
-        gw if need[2] else None,
-        gm if mask is not None and need[3] else None,
-        None,
-        None,
-        None,
-    )
-
-
-deform_sample.register_autograd(_backward, setup_context=_setup_context)
+register_deform_autograd(deform_sample, deform_sample_backward)
 
 _LIB = torch.library.Library("arlkit", "FRAGMENT")
 

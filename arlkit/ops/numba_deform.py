@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from arlkit.errors import ConfigError
+from arlkit.ops.custom_op import register_deform_autograd
 from arlkit.ops.reference import check_deform_args
 
 __all__ = ["deform_conv_numba", "numba_available"]
@@ -148,28 +149,7 @@ def _deform_numba_backward_fake(grad, x, offset, weight, mask, kernel_size, dila
     return gx, torch.empty_like(offset), torch.empty_like(weight), gm
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, offset, weight, mask, kernel_size, dilation, groups = inputs
-    ctx.save_for_backward(x, offset, weight, mask)
-    ctx.conf = (kernel_size, dilation, groups)
-
-
-def _backward(ctx, grad: Tensor):
-    x, offset, weight, mask = ctx.saved_tensors
-    gx, goff, gw, gm = deform_numba_backward(grad, x, offset, weight, mask, *ctx.conf)
-    need = ctx.needs_input_grad
-    return (
-        gx if need[0] else None,
-        goff if need[1] else None,
-        gw if need[2] else None,
-        gm if mask is not None and need[3] else None,
-        None,
-        None,
-        None,
-    )
-
-
-deform_numba.register_autograd(_backward, setup_context=_setup_context)
+register_deform_autograd(deform_numba, deform_numba_backward)
 
 
 def deform_conv_numba(
