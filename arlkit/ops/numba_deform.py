@@ -136,7 +136,7 @@ def deform_numba_backward(
     return (
         gx.permute(0, 3, 1, 2).to(x.dtype),
         goff.view(offset.shape).to(offset.dtype),
-        gw.sum(0).t().reshape(weight.shape).to(weight.dtype),
+        gw.sum(0).t().contiguous().view(weight.shape).to(weight.dtype),
         x.new_empty(0) if mask is None else gm.view(mask.shape).to(mask.dtype),
     )
 
@@ -144,9 +144,10 @@ def deform_numba_backward(
 @deform_numba_backward.register_fake
 def _deform_numba_backward_fake(grad, x, offset, weight, mask, kernel_size, dilation, groups):
     b, c, h, w = x.shape
+    # the strides of the real outputs: gx channels-last, the others contiguous
     gx = x.new_empty((b, h, w, c)).permute(0, 3, 1, 2)
-    gm = x.new_empty(0) if mask is None else torch.empty_like(mask)
-    return gx, torch.empty_like(offset), torch.empty_like(weight), gm
+    gm = x.new_empty(0) if mask is None else mask.new_empty(mask.shape)
+    return gx, offset.new_empty(offset.shape), weight.new_empty(weight.shape), gm
 
 
 register_deform_autograd(deform_numba, deform_numba_backward)

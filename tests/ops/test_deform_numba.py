@@ -167,6 +167,30 @@ def test_torch_compile_traces_through_the_op() -> None:
 
 def test_custom_op_passes_torch_library_checks() -> None:
     x, offset, weight, mask = _inputs(1, 4, 4, 5, 2, 3, seed=12, dtype=torch.float32, mask=True)
+    # offsets and mask arrive channels-last inside the block (outputs of convolutions)
+    offset, mask = (t.contiguous(memory_format=torch.channels_last) for t in (offset, mask))
     args = [t.requires_grad_() for t in (x, offset, weight, mask)]
     for m in (args[3], None):
         torch.library.opcheck(numba_deform.deform_numba, (*args[:3], m, 3, 1, 2))
+
+
+def test_fake_implementations_promise_the_real_strides() -> None:
+    # Inductor asserts the strides its graph was compiled for: a fake that says
+    # "like offset" (channels-last inside the block) while the kernel returns contiguous
+    # gradients fails at run time in a compiled training step.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, offset, weight, mask = _inputs(2, 6, 4, 5, 3, 3, seed=13, dtype=torch.float32, mask=True)
+    x, offset, mask = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask))
+    grad = torch.randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last)
+    calls = [
+        (numba_deform.deform_numba, (x, offset, weight, mask, 3, 1, 3)),
+        (numba_deform.deform_numba_backward, (grad, x, offset, weight, mask, 3, 1, 3)),
+    ]
+    for op, args in calls:
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        real, fake = (r if isinstance(r, tuple) else (r,) for r in (real, fake))
+        for r, f in zip(real, fake):
+            assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
