@@ -56,6 +56,21 @@ def _environment(recipe: Any, device: torch.device, world: int) -> dict[str, Any
     }
 
 
+def _deform_text(backbone: torch.nn.Module, device: torch.device, name: str) -> str:
+    """``", deform op auto → numba"``: which implementation the blocks' operator runs here."""
+    from arlkit.ops.auto import AutoDeform
+
+    for block in getattr(backbone, "blocks", ()):
+        op = getattr(block, "deform_op", None)
+        if op is None:
+            continue
+        if isinstance(op, AutoDeform):
+            depthwise = block.deform_weight.shape[1] == 1  # (C, 1, K)
+            return f", deform op auto → {op.choice(device, depthwise)}"
+        return f", deform op {name}"
+    return ""
+
+
 def prepare_run_dir(run_dir: str, recipe_text: str, env: dict[str, Any]) -> None:
     fs, root = fsspec.core.url_to_fs(run_dir)
     fs.makedirs(root, exist_ok=True)
@@ -91,9 +106,10 @@ def run_recipe(
     device = _device(recipe.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     run_dir = recipe.resolved_run_dir()
     n_params = sum(p.numel() for p in comps.student.backbone.parameters())
+    deform = _deform_text(comps.student.backbone, device, recipe.model.deform_op.name)
     plan_text = (
         f"{recipe.name}: {recipe.model.backbone.name} {recipe.model.backbone.params} "
-        f"({n_params / 1e6:.2f}M backbone parameters), objectives "
+        f"({n_params / 1e6:.2f}M backbone parameters{deform}), objectives "
         f"{', '.join(f'{o.name}×{o.weight:g}' for o in recipe.objectives)}, balancer "
         f"{recipe.balancer.name}, data {recipe.data.dataset.name} ({len(comps.dataset)} "
         f"samples/epoch), {recipe.train.steps} steps of {recipe.data.batch_size} images on "

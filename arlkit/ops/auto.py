@@ -128,6 +128,14 @@ class AutoDeform:
             use_numba=self.use_numba,
         )
 
+    def choice(self, device: torch.device, depthwise: bool = True) -> str:
+        """The implementation calls on ``device`` take: ``triton``, ``numba`` or ``reference``."""
+        if device.type == "cuda" and self.use_triton:
+            return "triton"
+        if device.type == "cpu" and depthwise and self.use_numba:
+            return "numba"
+        return "reference"
+
     def __repr__(self) -> str:
         return (
             f"AutoDeform(deterministic={self.deterministic}, triton={self.use_triton}, "

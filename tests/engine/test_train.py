@@ -192,6 +192,15 @@ def test_batches_without_a_readable_image_do_not_end_the_run_short_silently(toy,
     assert len((tmp_path / "run" / "bad_files.jsonl").read_text().splitlines()) == 8
 
 
+def test_plan_names_the_deform_implementation_auto_runs(toy, capsys):
+    recipe = str(RECIPES / "quickstart.yaml")
+    assert run_recipe(recipe, toy("quickstart.yaml"), dry_run=True) == 0
+    assert "deform op auto → numba" in capsys.readouterr().out  # the dev extra has Numba
+    mixing = toy("quickstart.yaml") + ["model.backbone.params.channel_mixing=grouped"]
+    assert run_recipe(recipe, mixing, dry_run=True) == 0
+    assert "deform op auto → reference" in capsys.readouterr().out
+
+
 def test_values_only_a_component_checks_name_the_recipe_path(toy, tmp_path):
     recipe = str(RECIPES / "quickstart.yaml")
     with pytest.raises(ConfigError) as info:
