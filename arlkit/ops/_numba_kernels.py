@@ -52,7 +52,7 @@ def forward(x, off, w, mask, has_mask, ks, dil, groups, out):
     for bi in nb.prange(n_b * h):
         b = bi // h
         i = bi % h
-        coef = np.empty(4, x.dtype)  # corner weights in the data's precision
+        coef = np.empty(4, x.dtype)
         for j in range(wd):
             for g in range(groups):
                 c0 = g * cg
@@ -65,6 +65,7 @@ def forward(x, off, w, mask, has_mask, ks, dil, groups, out):
                     if not inside:
                         continue  # contributes nothing
                     m = mask[b, g, k, i, j] if has_mask else 1.0
+                    # corner weights in the data's precision (via coef): float32 loops vectorise
                     coef[0] = (1 - ly) * (1 - lx) * m * v00
                     coef[1] = (1 - ly) * lx * m * v01
                     coef[2] = ly * (1 - lx) * m * v10
@@ -103,19 +104,15 @@ def backward(x, off, w, mask, has_mask, ks, dil, groups, gy, gx, goff, gw, gm):
                     if not inside:
                         continue
                     m = mask[b, g, k, i, j] if has_mask else 1.0
-                    # validity of each corner, and its bilinear weight (times the mask)
-                    coef[0] = v00
-                    coef[1] = v01
-                    coef[2] = v10
-                    coef[3] = v11
-                    b00 = (1 - ly) * (1 - lx) * coef[0]
-                    b01 = (1 - ly) * lx * coef[1]
-                    b10 = ly * (1 - lx) * coef[2]
-                    b11 = ly * lx * coef[3]
-                    coef[4] = b00 * m
-                    coef[5] = b01 * m
-                    coef[6] = b10 * m
-                    coef[7] = b11 * m
+                    # bilinear weight of each corner (zero outside the image)
+                    b00 = (1 - ly) * (1 - lx) * v00
+                    b01 = (1 - ly) * lx * v01
+                    b10 = ly * (1 - lx) * v10
+                    b11 = ly * lx * v11
+                    # validities and masked weights in the data's precision (via coef), so
+                    # the channel loops below run in float32 for float32 data and vectorise
+                    coef[0], coef[1], coef[2], coef[3] = v00, v01, v10, v11
+                    coef[4], coef[5], coef[6], coef[7] = b00 * m, b01 * m, b10 * m, b11 * m
                     v00, v01, v10, v11 = coef[0], coef[1], coef[2], coef[3]
                     c00, c01, c10, c11 = coef[4], coef[5], coef[6], coef[7]
                     ya, yb = max(y0, 0), min(y0 + 1, h - 1)

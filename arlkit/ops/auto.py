@@ -64,9 +64,8 @@ def deform_conv_auto(
     Raises:
         ConfigError: shapes break the contract.
     """
-    if use_triton is None:
-        use_triton = triton_available()
-    if use_triton and x.is_cuda:
+    impl = _choose(x.device, is_depthwise(x, weight), use_triton, use_numba)
+    if impl == "triton":
         from arlkit.ops.custom_op import deform_conv_triton
 
         return deform_conv_triton(
@@ -78,16 +77,25 @@ def deform_conv_auto(
             dilation=dilation,
             deterministic=deterministic,
         )
-    if x.device.type == "cpu" and is_depthwise(x, weight):
-        if use_numba is None:
-            use_numba = numba_available()
-        if use_numba:
-            return deform_conv_numba(
-                x, offset, weight, mask, kernel_size=kernel_size, dilation=dilation
-            )
+    if impl == "numba":
+        return deform_conv_numba(x, offset, weight, mask, kernel_size=kernel_size, dilation=dilation)
     from arlkit.ops.reference import deform_conv_reference
 
     return deform_conv_reference(x, offset, weight, mask, kernel_size=kernel_size, dilation=dilation)
+
+
+def _choose(
+    device: torch.device, depthwise: bool, use_triton: bool | None, use_numba: bool | None
+) -> str:
+    """``triton``, ``numba`` or ``reference``: the implementation ``auto`` runs on ``device``.
+
+    A None flag checks availability, and only on the device that would use it.
+    """
+    if device.type == "cuda" and (triton_available() if use_triton is None else use_triton):
+        return "triton"
+    if device.type == "cpu" and depthwise and (numba_available() if use_numba is None else use_numba):
+        return "numba"
+    return "reference"
 
 
 class AutoDeform:
@@ -130,11 +138,7 @@ class AutoDeform:
 
     def choice(self, device: torch.device, depthwise: bool = True) -> str:
         """The implementation calls on ``device`` take: ``triton``, ``numba`` or ``reference``."""
-        if device.type == "cuda" and self.use_triton:
-            return "triton"
-        if device.type == "cpu" and depthwise and self.use_numba:
-            return "numba"
-        return "reference"
+        return _choose(device, depthwise, self.use_triton, self.use_numba)
 
     def __repr__(self) -> str:
         return (

@@ -191,7 +191,7 @@ def deform_conv_numba(
             "deform op 'numba' runs on the CPU; these tensors are on "
             f"{sorted({str(t.device) for t in tensors})} — use deform_op 'auto' or 'triton' on GPUs"
         )
-    if weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
+    if not is_depthwise(x, weight):
         raise ConfigError(
             f"deform op 'numba' implements depthwise weights (C, 1, K) = ({x.shape[1]}, 1, "
             f"{kernel_size ** 2}); got {tuple(weight.shape)} — use deform_op 'reference' (or "
