@@ -38,6 +38,7 @@ from arlkit.data.synthetic.dataset import SyntheticTask
 from arlkit.engine import checkpoint as ckpt
 from arlkit.engine.export import backbone_config, build_backbone
 from arlkit.errors import ArlkitError
+from arlkit.eval.backbones import checkpoint_backbone, has_teacher
 from arlkit.eval.features import extract_features
 from arlkit.eval.linear import DEFAULT_LRS, linear_probe
 from arlkit.eval.protocols import _linear_epochs
@@ -47,27 +48,27 @@ SPLITS = (("train", 400), ("val", 100), ("test", 400))
 BATCH = 256
 
 
-def load_tasks(tasks: Sequence[str], seeds: Sequence[int], size: int) -> dict[str, dict]:
-    """Every (task, data seed) rendered once: ``{"breast0": {"train": [...], ...}}``."""
-    return {f"{t}{s}": {split: list(SyntheticTask(t, n, split, size=size, seed=s))
-                        for split, n in SPLITS}
+def load_tasks(tasks: Sequence[str], seeds: Sequence[int], size: int) -> dict[tuple[str, int], dict]:
+    """Every (task, data seed) rendered once: ``{("breast", 0): {"train": [...], ...}}``."""
+    return {(t, s): {split: list(SyntheticTask(t, n, split, size=size, seed=s))
+                     for split, n in SPLITS}
             for t in tasks for s in seeds}  # fmt: skip
 
 
-def probe(model: torch.nn.Module, data: dict[str, dict], pool: str) -> dict[str, tuple[float, float]]:
+def probe(model: torch.nn.Module, data: dict[tuple[str, int], dict],
+          pool: str) -> dict[tuple[str, int], tuple[float, float]]:
     """Test accuracy and pc1 share of every (task, seed) for one frozen backbone."""
     out = {}
-    for key, splits in data.items():
+    for (task, seed), splits in data.items():
         f = {split: extract_features(model, items, pool=pool) for split, items in splits.items()}
         epochs = _linear_epochs(None, None, len(f["train"].labels))  # the CLI's default
-        seed = int("".join(c for c in key if c.isdigit()))
         res = linear_probe(f["train"].features, f["train"].labels, f["val"].features,
                            f["val"].labels, f["test"].features, int(f["train"].labels.max()) + 1,
                            DEFAULT_LRS, epochs, 0.0, batch_size=BATCH, seed=seed)
         acc = float((res.test_probs.argmax(1) == f["test"].labels.numpy()).mean())
         centred = f["test"].features - f["test"].features.mean(0)
         power = torch.linalg.svdvals(centred.double()) ** 2
-        out[key] = (acc, float(power[0] / power.sum()))
+        out[task, seed] = (acc, float(power[0] / power.sum()))
     return out
 
 
@@ -89,24 +90,20 @@ def run_backbones(run_dir: str, last: bool, student: bool):
     student with ``student``); runs without a teacher yield their student."""
     recipe_file = os.path.join(run_dir, "recipe.resolved.yaml")
     with open(recipe_file) as handle:
-        recipe = validate_recipe(yaml.safe_load(handle), recipe_file)
+        config = backbone_config(validate_recipe(yaml.safe_load(handle), recipe_file))
+    name = os.path.basename(run_dir.rstrip("/"))
     paths = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-*")), key=_step_of)
     for path in paths[-1:] if last else paths:
         tensors, state, _ = ckpt.read_checkpoint(path)
         kinds = ("teacher", "student") if student else ("teacher",)
-        if not any(k.startswith("teacher.backbone.") for k in tensors):
+        if not has_teacher(tensors):
             kinds = ("student",)  # a run without self-distillation keeps no teacher
         for which in kinds:
-            prefix = f"{which}.backbone."
-            weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            model = build_backbone(backbone_config(recipe))
-            model.load_state_dict(weights, strict=True)
-            name = os.path.basename(run_dir.rstrip("/"))
-            yield f"{name}@{state.get('step')} {which}", model.eval()
+            yield f"{name}@{state.get('step')} {which}", checkpoint_backbone(tensors, which, config)
 
 
-def _cells(result: dict[str, tuple[float, float]]) -> str:
-    return "  ".join(f"{k} {a:.3f} (pc1 {p:.2f})" for k, (a, p) in result.items())
+def _cells(result: dict[tuple[str, int], tuple[float, float]]) -> str:
+    return "  ".join(f"{t}{s} {a:.3f} (pc1 {p:.2f})" for (t, s), (a, p) in result.items())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -137,25 +134,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = backbone_config(load_recipe(args.arch))
     except ArlkitError as err:
         sys.exit(f"probe_checkpoints: --arch: {err}")
-    random_acc: dict[str, list[float]] = {k: [] for k in data}
+    random_acc: dict[tuple[str, int], list[float]] = {k: [] for k in data}
     for seed in range(args.random_inits):
         torch.manual_seed(seed)  # as `arlkit eval --backbone random --seed N`
         result = probe(build_backbone(config).eval(), data, args.pool)
         print(f"random init {seed}: {_cells(result)}", flush=True)
         for k, (acc, _) in result.items():
             random_acc[k].append(acc)
-    if args.random_inits:
+    random_mean = {k: statistics.mean(v) for k, v in random_acc.items() if v}
+    if random_mean:
         print("random mean ± sd: " + "  ".join(
-            f"{k} {statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}"
-            for k, v in random_acc.items()), flush=True)
+            f"{t}{s} {random_mean[t, s]:.3f} ± {statistics.pstdev(v):.3f}"
+            for (t, s), v in random_acc.items()), flush=True)
     for run_dir in args.runs:
         for label, model in run_backbones(run_dir, args.last, args.student):
             result = probe(model, data, args.pool)
             line = f"{label}: {_cells(result)}"
-            if args.random_inits:
+            if random_mean:
                 line += "\n    minus random mean: " + "  ".join(
-                    f"{k} {acc - statistics.mean(random_acc[k]):+.3f}"
-                    for k, (acc, _) in result.items())
+                    f"{t}{s} {acc - random_mean[t, s]:+.3f}" for (t, s), (acc, _) in result.items())
             print(line, flush=True)
 
 

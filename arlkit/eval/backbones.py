@@ -34,6 +34,8 @@ __all__ = [
     "ResolvedBackbone",
     "TimmBackbone",
     "backbone_fingerprint",
+    "checkpoint_backbone",
+    "has_teacher",
     "resolve_backbone",
 ]
 
@@ -84,7 +86,7 @@ def _from_run(run_dir: str) -> ResolvedBackbone:
     import yaml
 
     from arlkit.engine import checkpoint as ckpt
-    from arlkit.engine.export import backbone_config, build_backbone
+    from arlkit.engine.export import backbone_config
     from arlkit.recipe import validate_recipe
 
     recipe_file = f"{run_dir.rstrip('/')}/recipe.resolved.yaml"
@@ -102,18 +104,34 @@ def _from_run(run_dir: str) -> ResolvedBackbone:
     with fsspec.open(recipe_file, "r") as handle:
         recipe = validate_recipe(yaml.safe_load(handle.read()), recipe_file)
     tensors, state, _ = ckpt.read_checkpoint(path)
-    which = "teacher"
-    weights = {k[len("teacher.backbone."):]: v for k, v in tensors.items()
-               if k.startswith("teacher.backbone.")}
-    if not weights:  # runs without self-distillation keep no teacher
-        which = "student"
-        weights = {k[len("student.backbone."):]: v for k, v in tensors.items()
-                   if k.startswith("student.backbone.")}
-    model = build_backbone(backbone_config(recipe))
-    model.load_state_dict(weights, strict=True)
+    which = "teacher" if has_teacher(tensors) else "student"  # no teacher without distillation
+    model = checkpoint_backbone(tensors, which, backbone_config(recipe))
     step = int(state.get("step", -1))
     return ResolvedBackbone(model.eval(), _stem(run_dir), "run", run_dir,
                             {"checkpoint": path, "weights": which, "step": step})
+
+
+def has_teacher(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether checkpoint tensors hold a teacher backbone (runs with self-distillation)."""
+    return any(k.startswith("teacher.backbone.") for k in tensors)
+
+
+def checkpoint_backbone(tensors: dict[str, torch.Tensor], which: str,
+                        config: dict[str, Any]) -> nn.Module:
+    """The ``which`` (``teacher`` or ``student``) backbone of checkpoint tensors, in eval mode.
+
+    Args:
+        tensors: from :func:`arlkit.engine.checkpoint.read_checkpoint`.
+        which: ``teacher`` or ``student``.
+        config: the backbone's architecture (:func:`arlkit.engine.export.backbone_config`).
+    """
+    from arlkit.engine.export import build_backbone
+
+    prefix = f"{which}.backbone."
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model = build_backbone(config)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
 
 
 def _random(arch: str | None, seed: int) -> ResolvedBackbone:
