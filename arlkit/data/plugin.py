@@ -54,6 +54,7 @@ def multicrop(
     no_flip_organs: list[str] | None = None,
     blur_prob: float = 0.0,
     blur_sigma: tuple[float, float] = (0.1, 1.0),
+    clean_global: bool = False,
     **injected: Any,
 ) -> Any:
     """Global and local crops inside the field of view, with ultrasound augmentation."""
@@ -62,7 +63,7 @@ def multicrop(
     return MultiCropViews(
         global_size, local_size, n_global, n_local, global_scale, local_scale, ratio,
         min_fov_fraction, gain, contrast, gamma, attenuation, p_intensity, flip,
-        no_flip_organs, blur_prob, blur_sigma, taxonomy=injected.get("taxonomy"),
+        no_flip_organs, blur_prob, blur_sigma, clean_global, taxonomy=injected.get("taxonomy"),
     )  # fmt: skip
 
 
@@ -78,6 +79,7 @@ def single(
     p_intensity: float = 0.8,
     flip: bool = True,
     no_flip_organs: list[str] | None = None,
+    clean_global: bool = False,
     **injected: Any,
 ) -> Any:
     """One global view, no local crops (MIM-only recipes, MAE)."""
@@ -85,7 +87,7 @@ def single(
 
     return single_view(
         size, scale, ratio, min_fov_fraction, gain, contrast, gamma, attenuation,
-        p_intensity, flip, no_flip_organs, taxonomy=injected.get("taxonomy"),
+        p_intensity, flip, no_flip_organs, clean_global, taxonomy=injected.get("taxonomy"),
     )  # fmt: skip
 
 

@@ -66,6 +66,9 @@ class MultiCropViews:
         no_flip_organs: organs never flipped; ``None`` = ``["cardiac"]`` if the taxonomy has it.
         blur_prob: probability of a Gaussian blur (off by default: it erases speckle).
         blur_sigma: blur standard-deviation range in pixels of the view.
+        clean_global: also return ``global_clean``: the global crops before the intensity
+            augmentation and blur (same geometry and flips), for MIM objectives that
+            reconstruct the un-augmented image (``mim`` with ``target: clean``).
         taxonomy: resolves ``no_flip_organs`` (default taxonomy when not given).
 
     Raises:
@@ -91,6 +94,7 @@ class MultiCropViews:
         no_flip_organs: list[str] | None = None,
         blur_prob: float = 0.0,
         blur_sigma: tuple[float, float] = (0.1, 1.0),
+        clean_global: bool = False,
         taxonomy: Taxonomy | None = None,
     ) -> None:
         if global_size <= 0 or local_size <= 0:
@@ -117,6 +121,7 @@ class MultiCropViews:
         self.log_gamma = math.log1p(float(gamma))
         self.p_intensity, self.flip = float(p_intensity), bool(flip)
         self.blur_prob, self.blur_sigma = float(blur_prob), _as_pair(blur_sigma)
+        self.clean_global = bool(clean_global)
         taxonomy = taxonomy or Taxonomy()
         if no_flip_organs is None:
             no_flip_organs = ["cardiac"] if "cardiac" in taxonomy.organs else []
@@ -131,7 +136,8 @@ class MultiCropViews:
         self, sample: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, Any]:
         """Add ``global`` ``(n_global, 1, Sg, Sg)``, ``local`` ``(n_local, 1, Sl, Sl)`` and their
-        field-of-view masks ``global_fov``/``local_fov`` (bool, same shapes) to ``sample``.
+        field-of-view masks ``global_fov``/``local_fov`` (bool, same shapes) to ``sample``,
+        and with ``clean_global`` the un-augmented global crops ``global_clean``.
 
         Args:
             sample: with ``image`` ``(1, H, W)`` in [0, 1], optional ``fov`` ``(1, H, W)``
@@ -153,17 +159,23 @@ class MultiCropViews:
             ("global", self.n_global, self.global_size, self.global_scale),
             ("local", self.n_local, self.local_size, self.local_scale),
         ):
-            views, masks = self._views(stack, box, integral, n, size, scale, flippable, rng)
+            clean = self.clean_global and name == "global"
+            views, masks, plain = self._views(stack, box, integral, n, size, scale, flippable,
+                                              rng, clean)
             out[name], out[f"{name}_fov"] = views, masks
+            if clean:
+                out["global_clean"] = plain
         return out
 
     def _views(
         self, stack: torch.Tensor, box: tuple[int, int, int, int], integral: torch.Tensor,
         n: int, size: int, scale: tuple[float, float], flippable: bool, rng: np.random.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        keep_plain: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Augmented views, their FOV masks and (``keep_plain``) the un-augmented crops."""
         if n == 0:
             empty = torch.zeros(0, 1, size, size)
-            return empty, empty.bool()
+            return empty, empty.bool(), (empty if keep_plain else None)
         crops, depths = [], []
         fy0, fy1 = box[0], max(box[2], box[0] + 1)
         for _ in range(n):
@@ -182,10 +194,11 @@ class MultiCropViews:
         if flippable:
             flip = torch.from_numpy(rng.random(n) < 0.5)
             views[flip], masks[flip] = views[flip].flip(-1), masks[flip].flip(-1)
+            plain[flip] = plain[flip].flip(-1)
         if self.blur_prob > 0:
             for k in np.flatnonzero(rng.random(n) < self.blur_prob).tolist():
                 views[k] = _gaussian_blur(views[k], float(rng.uniform(*self.blur_sigma)))
-        return views, masks
+        return views, masks, (plain.contiguous() if keep_plain else None)
 
     def _crop_box(
         self, box: tuple[int, int, int, int], integral: torch.Tensor,
@@ -246,6 +259,7 @@ def single_view(
     p_intensity: float = 0.8,
     flip: bool = True,
     no_flip_organs: list[str] | None = None,
+    clean_global: bool = False,
     taxonomy: Taxonomy | None = None,
 ) -> MultiCropViews:
     """One global view and no local crops (MIM-only recipes, MAE); see :class:`MultiCropViews`."""
@@ -253,7 +267,7 @@ def single_view(
         global_size=size, n_global=1, n_local=0, global_scale=scale, ratio=ratio,
         min_fov_fraction=min_fov_fraction, gain=gain, contrast=contrast, gamma=gamma,
         attenuation=attenuation, p_intensity=p_intensity, flip=flip,
-        no_flip_organs=no_flip_organs, taxonomy=taxonomy,
+        no_flip_organs=no_flip_organs, clean_global=clean_global, taxonomy=taxonomy,
     )  # fmt: skip
 
 

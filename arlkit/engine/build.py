@@ -141,6 +141,7 @@ def _build(recipe: Recipe, registries: Registries | None) -> Components:
         steps_per_epoch=max(len(dataset) // recipe.data.batch_size, 1),
         objectives=names,
         taxonomy=taxonomy,
+        clean_global=bool(getattr(views, "clean_global", False)),
     )
     objectives: list[Objective] = []
     for i, spec in enumerate(recipe.objectives):

@@ -29,6 +29,10 @@ class MIMObjective(Objective):
         decoder_depth: 0 = linear head (SimMIM); >0 = light transformer decoder (MAE).
         decoder_dim: width of the transformer decoder.
         decoder_heads: heads of the transformer decoder.
+        target: ``view`` reconstructs the (intensity-augmented) input view, as SimMIM and
+            MAE do; ``clean`` reconstructs the same crop before intensity augmentation
+            (needs ``data.views.params.clean_global: true``), so the features need not
+            carry the view's gain and contrast to predict masked grey levels.
     """
 
     def __init__(
@@ -41,10 +45,16 @@ class MIMObjective(Objective):
         decoder_depth: int = 0,
         decoder_dim: int = 256,
         decoder_heads: int = 8,
+        target: Literal["view", "clean"] = "view",
     ) -> None:
         super().__init__(context)
         self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode)
-        self.norm_pix, self.loss_kind = norm_pix, loss
+        if target == "clean" and not context.clean_global:
+            raise ConfigError(
+                "target: clean reconstructs the un-augmented crops, which these views do not "
+                "give; set data.views.params.clean_global: true"
+            )
+        self.norm_pix, self.loss_kind, self.target = norm_pix, loss, target
         self.decoder_args = dict(
             in_dim=context.embed_dim,
             patch_size=context.patch_size,
@@ -67,7 +77,12 @@ class MIMObjective(Objective):
             raise ConfigError("mim: the engine produced no mask")
         tokens = step.student_global(student)
         pred = student.heads[self.name]["decoder"](tokens, step.grid, step.mask)  # (R, N, P·P·C)
-        target = patchify(step.global_views, self.context.patch_size)  # (R, N, P·P·C)
+        image = step.global_views
+        if self.target == "clean":
+            if step.global_clean is None:  # checked at build time; a custom loop may forget
+                raise ConfigError(f"{self.name}: target: clean but the step has no global_clean")
+            image = step.global_clean
+        target = patchify(image, self.context.patch_size)  # (R, N, P·P·C)
         step.cache["mim"] = (pred, target)
         return mim_loss(pred.float(), target.float(), step.mask, self.norm_pix, self.loss_kind)
 

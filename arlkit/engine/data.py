@@ -161,6 +161,8 @@ def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return batch
     batch["global"] = torch.stack([s["global"] for s in good])  # (b, V_g, C, S, S)
+    if "global_clean" in good[0]:
+        batch["global_clean"] = torch.stack([s["global_clean"] for s in good])
     local = [s.get("local") for s in good]
     if local[0] is not None and local[0].shape[0] > 0:
         batch["local"] = torch.stack(local)  # (b, V_l, C, s, s)

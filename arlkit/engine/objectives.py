@@ -38,6 +38,8 @@ class ObjectiveContext:
         total_steps, steps_per_epoch: schedule lengths.
         objectives: names of all objectives of the recipe (for requirements).
         taxonomy: the recipe's organ taxonomy (:class:`arlkit.taxonomy.Taxonomy`).
+        clean_global: the views also give the un-augmented global crops
+            (:attr:`Step.global_clean`).
     """
 
     embed_dim: int
@@ -52,6 +54,7 @@ class ObjectiveContext:
     steps_per_epoch: int
     objectives: tuple[str, ...]
     taxonomy: Any = None
+    clean_global: bool = False
 
 
 class Objective(nn.Module):

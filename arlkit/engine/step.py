@@ -29,6 +29,8 @@ class Step:
         mask: ``(V_g·B, N)`` bool MIM mask of the global views (True = masked), or None.
         grid: patch grid ``(H, W)`` of the global views.
         n_global, n_local: views per image.
+        global_clean: ``(V_g·B, C, S, S)`` the global crops before intensity augmentation
+            (views with ``clean_global: true``), or None.
         teacher: outputs of the EMA teacher, keyed by objective (no gradient).
         cache: student outputs shared between objectives.
     """
@@ -42,6 +44,7 @@ class Step:
     grid: tuple[int, int]
     n_global: int
     n_local: int
+    global_clean: Tensor | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 

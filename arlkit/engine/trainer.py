@@ -162,6 +162,10 @@ class Trainer:
         g = batch["global"].to(dev, non_blocking=True)  # (b, V_g, C, S, S)
         b, n_global = g.shape[:2]
         global_views = g.transpose(0, 1).reshape(n_global * b, *g.shape[2:])  # view-major
+        global_clean = None
+        if "global_clean" in batch:
+            gc = batch["global_clean"].to(dev, non_blocking=True)
+            global_clean = gc.transpose(0, 1).reshape(n_global * b, *gc.shape[2:])
         local_views, n_local = None, 0
         if "local" in batch:
             loc = batch["local"].to(dev, non_blocking=True)
@@ -173,7 +177,8 @@ class Trainer:
             rows = (torch.arange(n_global)[:, None] * gb + batch["pos"][None, :]).reshape(-1)
             mask = mask_full[rows].to(dev)  # (V_g·b, N) view-major like the views
         return Step(self.step, self.plan.epoch_of(self.step), global_views, local_views,
-                    batch["organ"].to(dev), mask, self.c.context.grid, n_global, n_local)
+                    batch["organ"].to(dev), mask, self.c.context.grid, n_global, n_local,
+                    global_clean)
 
     def _global_mask(self, n_global: int) -> torch.Tensor | None:
         g = torch.Generator().manual_seed(seed_for(self.recipe.seed, self.step, 7))

@@ -183,6 +183,42 @@ def test_view_dataset_is_deterministic_per_epoch_and_index() -> None:
     assert len({view_seed(11, e, i) for e in range(3) for i in range(3)}) == 9
 
 
+def test_clean_global_is_the_same_crop_before_intensity_augmentation() -> None:
+    """``global_clean``: same crops and flips as ``global``, no gain/contrast/gamma/ramp/blur;
+    asking for it draws nothing extra, so the augmented views stay exactly as they were."""
+    sample = fan_sample()
+    kwargs = {"global_size": 48, "local_size": 24, "n_global": 3, "n_local": 2}
+    with_clean, plain = MultiCropViews(**kwargs, clean_global=True), MultiCropViews(**kwargs)
+    # zero-strength augmentation draws the same numbers, so its views are the clean crops
+    no_aug = MultiCropViews(**kwargs, gain=0.0, contrast=0.0, gamma=0.0, attenuation=0.0,
+                            clean_global=True)
+    blurred = MultiCropViews(**kwargs, blur_prob=1.0, clean_global=True)
+    for seed in range(8):
+        out, ref = with_clean(sample, generator=gen(seed)), plain(sample, generator=gen(seed))
+        assert torch.equal(out["global"], ref["global"]) and torch.equal(out["local"], ref["local"])
+        assert "global_clean" not in ref
+        clean = out["global_clean"]
+        assert clean.shape == out["global"].shape and clean.dtype == torch.float32
+        assert not torch.allclose(clean, out["global"], atol=1e-3)  # augmentation changed views
+        assert torch.allclose(no_aug(sample, generator=gen(seed))["global"], clean, atol=1e-5)
+        assert torch.equal(blurred(sample, generator=gen(seed))["global_clean"], clean)
+
+
+def test_clean_global_follows_the_flips() -> None:
+    sample = fan_sample()  # symmetric sector: flippable
+    flips = MultiCropViews(48, 24, n_global=8, n_local=0, clean_global=True)
+    fixed = MultiCropViews(48, 24, n_global=8, n_local=0, flip=False, clean_global=True)
+    out, ref = flips(sample, generator=gen(3)), fixed(sample, generator=gen(3))
+    mirrored = []
+    for clean, unflipped, fov, fov_ref in zip(out["global_clean"], ref["global_clean"],
+                                              out["global_fov"], ref["global_fov"]):
+        mirrored.append(not torch.equal(clean, unflipped))
+        expected = unflipped.flip(-1) if mirrored[-1] else unflipped
+        assert torch.equal(clean, expected)
+        assert torch.equal(fov, fov_ref.flip(-1) if mirrored[-1] else fov_ref)
+    assert any(mirrored) and not all(mirrored)
+
+
 def test_single_view_and_registry() -> None:
     single = single_view(size=32)
     out = single(fan_sample(64), generator=gen(0))
@@ -192,6 +228,9 @@ def test_single_view_and_registry() -> None:
     assert (built.n_global, built.n_local, built.global_size) == (2, 2, 224)
     one = default_registries.transforms.build("single", {"size": 96})
     assert (one.n_global, one.n_local, one.global_size) == (1, 0, 96)
+    assert not one.clean_global
+    assert default_registries.transforms.build("single", {"clean_global": True}).clean_global
+    assert default_registries.transforms.build("multicrop", {"clean_global": True}).clean_global
 
 
 @pytest.mark.parametrize(

@@ -255,3 +255,37 @@ def test_bad_file_counts_survive_resume(toy, tmp_path):
     assert second["bad_files"]["bad"][:n_bad] == first["bad_files"]["bad"]
     lines = (tmp_path / "run" / "bad_files.jsonl").read_text().splitlines()
     assert len(lines) == len(second["bad_files"]["bad"])  # nothing listed twice
+
+
+def test_mim_target_clean_needs_clean_views_and_reconstructs_them(toy, tmp_path):
+    """``mim`` with ``target: clean`` is checked before training (it needs the views'
+    ``clean_global``) and its target is the un-augmented crop, not the input view."""
+    from arlkit.engine.build import build_components
+    from arlkit.engine.step import Step
+    from arlkit.losses import mim_loss, patchify
+
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, toy("quickstart.yaml", **{"objectives.mim.params.target": "clean"}),
+                   stream=io.StringIO())
+    assert "objectives[0].params (mim)" in str(info.value)
+    assert "data.views.params.clean_global: true" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+    overrides = toy("quickstart.yaml", **{"objectives.mim.params.target": "clean",
+                                          "data.views.params.clean_global": "true"})
+    assert run_recipe(recipe, overrides, stream=io.StringIO()) == 0
+    assert all(r["loss_mim"] > 0 for r in metrics(tmp_path / "run"))
+
+    c = build_components(load_recipe(recipe, overrides))
+    mim = next(o for o in c.objectives if o.name == "mim")
+    g = torch.Generator().manual_seed(0)
+    views, clean = torch.rand(4, 1, 32, 32, generator=g), torch.rand(4, 1, 32, 32, generator=g)
+    mask = mim.make_mask(4, g)
+    step = Step(0, 0, views, None, torch.zeros(2, dtype=torch.long), mask, c.context.grid, 2, 0,
+                global_clean=clean)
+    loss = mim.loss(step, c.student)
+    pred, target = step.cache["mim"]
+    assert torch.equal(target, patchify(clean, 8))
+    torch.testing.assert_close(loss, mim_loss(pred, patchify(clean, 8), mask))
+    assert not torch.allclose(loss, mim_loss(pred, patchify(views, 8), mask))
