@@ -9,7 +9,8 @@ initialisations, probed on exactly the same splits.
 For every run directory, every complete checkpoint (or only the latest, ``--last``) is
 probed with the teacher backbone and, with ``--student``, the student backbone too. The
 protocol is ``arlkit eval linear``'s (standardised features, SGD sweep over learning rates
-picked on validation balanced accuracy, at least 2000 steps) on the built-in synthetic
+picked on validation balanced accuracy, at least 2000 steps; ``--solver lbfgs``: converged
+logistic regression over an L2 sweep) on the built-in synthetic
 tasks, 400/100/400 train/val/test images per data seed. Each cell also reports ``pc1``,
 the share of the test features' variance on their first principal component (how close
 the features are to one-dimensional).
@@ -55,8 +56,8 @@ def load_tasks(tasks: Sequence[str], seeds: Sequence[int], size: int) -> dict[tu
             for t in tasks for s in seeds}  # fmt: skip
 
 
-def probe(model: torch.nn.Module, data: dict[tuple[str, int], dict],
-          pool: str) -> dict[tuple[str, int], tuple[float, float]]:
+def probe(model: torch.nn.Module, data: dict[tuple[str, int], dict], pool: str,
+          solver: str = "sgd") -> dict[tuple[str, int], tuple[float, float]]:
     """Test accuracy and pc1 share of every (task, seed) for one frozen backbone."""
     out = {}
     for (task, seed), splits in data.items():
@@ -64,7 +65,8 @@ def probe(model: torch.nn.Module, data: dict[tuple[str, int], dict],
         epochs = _linear_epochs(None, None, len(f["train"].labels))  # the CLI's default
         res = linear_probe(f["train"].features, f["train"].labels, f["val"].features,
                            f["val"].labels, f["test"].features, int(f["train"].labels.max()) + 1,
-                           DEFAULT_LRS, epochs, 0.0, batch_size=BATCH, seed=seed)
+                           DEFAULT_LRS, epochs, 0.0, batch_size=BATCH, seed=seed,
+                           solver=solver)
         acc = float((res.test_probs.argmax(1) == f["test"].labels.numpy()).mean())
         centred = f["test"].features - f["test"].features.mean(0)
         power = torch.linalg.svdvals(centred.double()) ** 2
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="architecture of the random baseline")
     parser.add_argument("--size", type=int, default=48, help="image side of the probe")
     parser.add_argument("--pool", default="cls+avg", choices=("cls", "avg", "cls+avg"))
+    parser.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"),
+                        help="linear-probe solver (as `arlkit eval linear --solver`)")
     parser.add_argument("--last", action="store_true", help="only the latest checkpoint")
     parser.add_argument("--student", action="store_true", help="probe the student too")
     parser.add_argument("--threads", type=int, default=None)
@@ -137,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     random_acc: dict[tuple[str, int], list[float]] = {k: [] for k in data}
     for seed in range(args.random_inits):
         torch.manual_seed(seed)  # as `arlkit eval --backbone random --seed N`
-        result = probe(build_backbone(config).eval(), data, args.pool)
+        result = probe(build_backbone(config).eval(), data, args.pool, args.solver)
         print(f"random init {seed}: {_cells(result)}", flush=True)
         for k, (acc, _) in result.items():
             random_acc[k].append(acc)
@@ -148,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for (t, s), v in random_acc.items()), flush=True)
     for run_dir in args.runs:
         for label, model in run_backbones(run_dir, args.last, args.student):
-            result = probe(model, data, args.pool)
+            result = probe(model, data, args.pool, args.solver)
             line = f"{label}: {_cells(result)}"
             if random_mean:
                 line += "\n    minus random mean: " + "  ".join(

@@ -69,7 +69,9 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=_floats, default=None,
                    help="linear: the learning-rate sweep; finetune/segment: the learning rate")
-    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 penalty (linear sgd 0, finetune/segment 0.05); linear lbfgs: fixes "
+                        "the penalty instead of sweeping 1e-6..1")
     p.add_argument("--pool", default="cls+avg", choices=("cls", "avg", "cls+avg"),
                    help="token pooling of the features")
     p.add_argument("--n-last-blocks", type=int, default=1,
@@ -87,6 +89,10 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
 
 
 def _tuning(p: argparse.ArgumentParser, protocol: str) -> None:
+    if protocol in ("linear", "compare"):
+        p.add_argument("--solver", default="sgd", choices=("sgd", "lbfgs"),
+                       help="linear probe: sgd (DINO/MAE: learning-rate sweep) or lbfgs (CLIP: "
+                            "logistic regression solved to convergence, L2-penalty sweep)")
     if protocol in ("knn", "compare"):
         p.add_argument("--k", type=int, default=20, help="kNN neighbours")
         p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
@@ -129,7 +135,7 @@ def _config(args: argparse.Namespace, protocol: str, backbone: str, data: str) -
         n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, data_seed=args.data_seed,
         label_fractions=parse_fractions(args.label_fraction), batch_size=args.batch_size,
         epochs=args.epochs, steps=args.steps, n_last_blocks=args.n_last_blocks,
-        lrs=args.lr, weight_decay=args.weight_decay,
+        lrs=args.lr, weight_decay=args.weight_decay, solver=getattr(args, "solver", "sgd"),
         layer_decay=getattr(args, "layer_decay", 0.75), drop_path=getattr(args, "drop_path", 0.1),
         freeze_backbone=getattr(args, "freeze_backbone", False),
         decoder_channels=getattr(args, "decoder_channels", None), pool=args.pool,

@@ -38,8 +38,11 @@ class EvalConfig:
             64 for feature extraction, 32 fine-tuning, 16 segmentation).
         epochs: linear-probe or fine-tuning epochs (protocol default when None).
         steps: optimizer steps, overriding ``epochs``.
-        lrs: linear-probe sweep; the first value is the fine-tuning / decoder rate.
-        weight_decay: protocol default when None.
+        lrs: linear-probe sweep (``sgd``); the first value is the fine-tuning / decoder rate.
+        weight_decay: protocol default when None; with the ``lbfgs`` solver a given value
+            replaces the sweep of L2 penalties.
+        solver: linear probe: ``sgd`` (DINO/MAE: learning-rate sweep, fixed steps) or
+            ``lbfgs`` (CLIP: converged logistic regression, L2-penalty sweep).
         layer_decay, drop_path: fine-tuning and segmentation.
         freeze_backbone: segmentation with a frozen backbone.
         decoder_channels: UPerNet width (default: half the backbone width, within 64..512).
@@ -71,6 +74,7 @@ class EvalConfig:
     steps: int | None = None
     lrs: tuple[float, ...] | None = None
     weight_decay: float | None = None
+    solver: str = "sgd"
     layer_decay: float = 0.75
     drop_path: float = 0.1
     freeze_backbone: bool = False

@@ -87,11 +87,17 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
                 res = linear_probe(sub.features, sub.labels, val.features, val.labels, test.features,
                                    num_classes, tuple(cfg.lrs or DEFAULT_LRS),
                                    _linear_epochs(cfg.epochs, cfg.steps, len(sub)), wd,
-                                   batch_size=_LINEAR_BATCH, seed=cfg.seed)
+                                   batch_size=_LINEAR_BATCH, seed=cfg.seed, solver=cfg.solver,  # type: ignore[arg-type]
+                                   weight_decays=None if cfg.weight_decay is None else (cfg.weight_decay,))
                 probs = res.test_probs
-                details[_fmt_fraction(frac)] = {"n_train": len(sub), "lr": res.lr,
+                chosen = ({"lr": res.lr} if res.solver == "sgd" else
+                          {"weight_decay": res.weight_decay, "converged": res.converged})
+                details[_fmt_fraction(frac)] = {"n_train": len(sub), "solver": res.solver, **chosen,
                                                 "val_balanced_accuracy": {f"{k:g}": v for k, v in res.val_scores.items()},
                                                 "selected_on": res.selected_on}
+                if not res.converged:
+                    log(f"fraction {frac:g}: L-BFGS stopped before converging at weight decay "
+                        f"{res.weight_decay:g}; the result is that of the last iterate")
             else:
                 probs = knn_classify(sub.features, sub.labels, test.features, num_classes,
                                      cfg.k, cfg.temperature).numpy()

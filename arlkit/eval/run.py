@@ -61,6 +61,15 @@ def _check(cfg: EvalConfig) -> None:
         raise ConfigError(f"unknown evaluation protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if cfg.pool not in POOLS:
         raise ConfigError(f"--pool {cfg.pool!r}: choose one of {', '.join(POOLS)}")
+    if cfg.solver not in ("sgd", "lbfgs"):
+        raise ConfigError(f"--solver {cfg.solver!r}: choose sgd or lbfgs")
+    if cfg.solver == "lbfgs" and cfg.protocol == "linear":
+        if cfg.lrs is not None or cfg.epochs is not None or cfg.steps is not None:
+            raise ConfigError("--lr, --epochs and --steps set the sgd solver; the lbfgs solver "
+                              "trains to convergence and sweeps L2 penalties (fix one with "
+                              "--weight-decay)")
+        if cfg.weight_decay is not None and cfg.weight_decay <= 0:
+            raise ConfigError(f"--weight-decay with --solver lbfgs must be > 0, got {cfg.weight_decay}")
     if cfg.n_last_blocks < 1:
         raise ConfigError(f"--n-last-blocks must be >= 1, got {cfg.n_last_blocks}")
     if (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.n_boot < 0:

@@ -38,6 +38,25 @@ def test_linear_writes_settings_and_results(tiny_export: str, small_args: list[s
     assert _results(tmp_path / "again")["metrics"] == res["metrics"]
 
 
+def test_linear_lbfgs_solver_records_its_penalty_and_rejects_sgd_settings(
+        tiny_export: str, small_args: list[str], tmp_path: pathlib.Path) -> None:
+    argv = ["eval", "linear", "--backbone", tiny_export, "--data", "synthetic:breast",
+            "--solver", "lbfgs", *small_args]
+    assert run_cli([*argv, "--out", str(tmp_path / "a")]) == 0
+    details = _results(tmp_path / "a")["details"]["1"]
+    assert details["solver"] == "lbfgs" and details["converged"] is True and "lr" not in details
+    assert details["weight_decay"] in {float(k) for k in details["val_balanced_accuracy"]}
+    settings = json.loads((tmp_path / "a" / "settings.json").read_text())
+    assert settings["config"]["solver"] == "lbfgs"
+    assert run_cli([*argv, "--weight-decay", "0.01", "--out", str(tmp_path / "b")]) == 0
+    fixed = _results(tmp_path / "b")["details"]["1"]
+    assert fixed["weight_decay"] == 0.01 and list(fixed["val_balanced_accuracy"]) == ["0.01"]
+    with pytest.raises(ConfigError, match="--lr, --epochs and --steps set the sgd solver"):
+        run_cli([*argv, "--lr", "0.1"])
+    with pytest.raises(ConfigError, match="must be > 0"):
+        run_cli([*argv, "--weight-decay", "0"])
+
+
 def test_random_and_knn_use_the_same_protocol(tiny_export: str, small_args: list[str],
                                               tmp_path: pathlib.Path) -> None:
     common = ["--data", "synthetic:breast", *small_args]

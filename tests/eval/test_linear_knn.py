@@ -8,7 +8,7 @@ import torch
 
 from arlkit.errors import ConfigError
 from arlkit.eval.knn import knn_classify
-from arlkit.eval.linear import linear_probe, train_linear
+from arlkit.eval.linear import DEFAULT_L2, fit_logistic_many, linear_probe, train_linear
 
 
 def _separable(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,19 +21,22 @@ def _separable(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (margin > 0).long()
 
 
-def test_linear_probe_separates_separable_features() -> None:
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_linear_probe_separates_separable_features(solver: str) -> None:
     x, y = _separable(900, 16, seed=0)
-    res = linear_probe(x[:400], y[:400], x[400:500], y[400:500], x[500:], 2, seed=0)
+    res = linear_probe(x[:400], y[:400], x[400:500], y[400:500], x[500:], 2, seed=0, solver=solver)
     acc = (res.test_probs.argmax(1) == y[500:].numpy()).mean()
     assert acc >= 0.98
-    assert res.selected_on == "val" and res.lr in res.val_scores
+    chosen = res.lr if solver == "sgd" else res.weight_decay
+    assert res.selected_on == "val" and chosen in res.val_scores and res.solver == solver
     assert np.allclose(res.test_probs.sum(1), 1.0, atol=1e-5)
 
 
-def test_linear_probe_is_at_chance_on_shuffled_labels() -> None:
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_linear_probe_is_at_chance_on_shuffled_labels(solver: str) -> None:
     x, y = _separable(2400, 16, seed=1)
     y_train = y[:400][torch.randperm(400, generator=torch.Generator().manual_seed(5))]
-    res = linear_probe(x[:400], y_train, x[400:600], y[400:600], x[600:], 2, seed=0)
+    res = linear_probe(x[:400], y_train, x[400:600], y[400:600], x[600:], 2, seed=0, solver=solver)
     acc = (res.test_probs.argmax(1) == y[600:].numpy()).mean()
     # 1800 test examples: chance is 0.5 with a standard deviation of ~0.012
     assert abs(acc - 0.5) < 0.06
@@ -114,3 +117,79 @@ def test_sweep_matches_torch_sgd() -> None:
             step += 1
     assert torch.allclose(ours.linear.weight, lin.weight, atol=1e-5)
     assert torch.allclose(ours.linear.bias, lin.bias, atol=1e-5)
+
+
+def _reference_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float,
+                        rows: int) -> torch.Tensor:
+    """The same objective minimised independently (torch L-BFGS, float64): mean cross-entropy
+    plus ``wd / 2 · ‖W‖²`` on standardised features; ``rows`` logit rows (1 = binary with
+    logits ``[0, z]``, as scikit-learn parametrises two classes). Returns the logit function's
+    weights and bias as one ``(D + 1, num_classes)`` matrix."""
+    z = (x - x.mean(0)) / x.std(0, unbiased=False)
+    z = torch.cat([z, torch.ones(len(z), 1)], 1).double()
+    w = torch.zeros(z.shape[1], rows, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=2000, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def full(w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(w), w], 1) if rows == 1 else w
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ full(w), y) + wd / 2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return full(w.detach())
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_lbfgs_solver_minimises_the_stated_objective(num_classes: int) -> None:
+    """The penalty means what the docs say (scikit-learn's C = 1 / (wd · N)): the fitted
+    probabilities equal those of an independent minimisation of the same objective."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(150, 5, generator=g) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0]) + 2.0
+    y = (x[:, :2].sum(1) + torch.randn(150, generator=g) > 4.0).long()
+    if num_classes == 3:
+        y = y + (x[:, 2] > 2.3).long() * (y == 1).long()  # a third class
+    wd = 0.05
+    (clf,), (converged,) = fit_logistic_many(x, y, num_classes, (wd,))
+    assert converged
+    ref = _reference_logistic(x, y, num_classes, wd, rows=1 if num_classes == 2 else num_classes)
+    zs = (x - x.mean(0)) / x.std(0, unbiased=False)
+    expected = (torch.cat([zs, torch.ones(len(zs), 1)], 1).double() @ ref).softmax(-1)
+    with torch.no_grad():
+        got = clf(x).softmax(-1).double()
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
+    assert got.argmax(1).float().std() > 0  # a fit that predicts something, not a constant
+
+
+def test_lbfgs_solver_handles_absent_and_single_classes() -> None:
+    x, y = _separable(200, 6, seed=4)
+    y = y * 2  # classes 0 and 2 of 3: class 1 never seen
+    (clf,), _ = fit_logistic_many(x, y, 3, (1e-3,))
+    with torch.no_grad():
+        probs = clf(x).softmax(-1)
+    assert probs[:, 1].max() < 1e-6 and (probs.argmax(1) == y).float().mean() > 0.95
+    (one,), (converged,) = fit_logistic_many(x, torch.ones(200, dtype=torch.long), 3, (1e-3,))
+    with torch.no_grad():
+        assert (one(x).argmax(1) == 1).all() and converged
+    with pytest.raises(ConfigError, match="> 0"):
+        fit_logistic_many(x, y, 3, (0.0,))
+    with pytest.raises(ConfigError, match="empty"):
+        fit_logistic_many(x[:0], y[:0], 3)
+
+
+def test_lbfgs_sweep_selects_on_validation_and_prefers_the_stronger_penalty_on_ties() -> None:
+    x, y = _separable(600, 8, seed=5)
+    res = linear_probe(x[:200], y[:200], x[200:300], y[200:300], x[300:], 2, solver="lbfgs")
+    assert set(res.val_scores) == set(DEFAULT_L2) and res.lr is None
+    best = max(res.val_scores.values())
+    assert res.weight_decay == max(v for v, s in res.val_scores.items() if s == best)
+    models, _ = fit_logistic_many(x[:200], y[:200], 2, (res.weight_decay,))
+    with torch.no_grad():
+        expected = models[0](x[300:]).softmax(-1).numpy()
+    assert np.allclose(res.test_probs, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="solver"):
+        linear_probe(x[:10], y[:10], x[:0], y[:0], x[:5], 2, solver="adam")  # type: ignore[arg-type]
