@@ -159,23 +159,20 @@ class MultiCropViews:
             ("global", self.n_global, self.global_size, self.global_scale),
             ("local", self.n_local, self.local_size, self.local_scale),
         ):
-            clean = self.clean_global and name == "global"
-            views, masks, plain = self._views(stack, box, integral, n, size, scale, flippable,
-                                              rng, clean)
+            views, masks, plain = self._views(stack, box, integral, n, size, scale, flippable, rng)
             out[name], out[f"{name}_fov"] = views, masks
-            if clean:
+            if self.clean_global and name == "global":
                 out["global_clean"] = plain
         return out
 
     def _views(
         self, stack: torch.Tensor, box: tuple[int, int, int, int], integral: torch.Tensor,
         n: int, size: int, scale: tuple[float, float], flippable: bool, rng: np.random.Generator,
-        keep_plain: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        """Augmented views, their FOV masks and (``keep_plain``) the un-augmented crops."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Augmented views, their FOV masks and the same crops before intensity augmentation."""
         if n == 0:
             empty = torch.zeros(0, 1, size, size)
-            return empty, empty.bool(), (empty if keep_plain else None)
+            return empty, empty.bool(), empty
         crops, depths = [], []
         fy0, fy1 = box[0], max(box[2], box[0] + 1)
         for _ in range(n):
@@ -198,7 +195,7 @@ class MultiCropViews:
         if self.blur_prob > 0:
             for k in np.flatnonzero(rng.random(n) < self.blur_prob).tolist():
                 views[k] = _gaussian_blur(views[k], float(rng.uniform(*self.blur_sigma)))
-        return views, masks, (plain.contiguous() if keep_plain else None)
+        return views, masks, plain
 
     def _crop_box(
         self, box: tuple[int, int, int, int], integral: torch.Tensor,

@@ -159,18 +159,19 @@ class Trainer:
 
     def _make_step(self, batch: dict[str, Any], mask_full: torch.Tensor | None) -> Step:
         dev = self.device
-        g = batch["global"].to(dev, non_blocking=True)  # (b, V_g, C, S, S)
-        b, n_global = g.shape[:2]
-        global_views = g.transpose(0, 1).reshape(n_global * b, *g.shape[2:])  # view-major
-        global_clean = None
-        if "global_clean" in batch:
-            gc = batch["global_clean"].to(dev, non_blocking=True)
-            global_clean = gc.transpose(0, 1).reshape(n_global * b, *gc.shape[2:])
-        local_views, n_local = None, 0
-        if "local" in batch:
-            loc = batch["local"].to(dev, non_blocking=True)
-            n_local = loc.shape[1]
-            local_views = loc.transpose(0, 1).reshape(n_local * b, *loc.shape[2:])
+
+        def view_major(key: str) -> torch.Tensor | None:
+            """``(b, V, C, S, S)`` batch entry → ``(V·b, C, S, S)`` on the device, or None."""
+            if key not in batch:
+                return None
+            t = batch[key].to(dev, non_blocking=True)
+            return t.transpose(0, 1).reshape(-1, *t.shape[2:])
+
+        n_global = batch["global"].shape[1]
+        global_views = view_major("global")
+        global_clean = view_major("global_clean")
+        local_views = view_major("local")
+        n_local = batch["local"].shape[1] if local_views is not None else 0
         mask = None
         if mask_full is not None:
             gb = self.plan.global_batch
