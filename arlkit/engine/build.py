@@ -154,7 +154,7 @@ def _build(recipe: Recipe, registries: Registries | None) -> Components:
             )
         obj.name, obj.weight = spec.name, spec.weight
         objectives.append(obj)
-    masks = [o.name for o in objectives if type(o).make_mask is not Objective.make_mask]
+    masks = [o.name for o in objectives if o.draws_mask]
     if len(masks) > 1:
         raise ConfigError(f"objectives {', '.join(masks)} both define the MIM mask; keep one")
     student = Student(backbone, {o.name: o.build_heads() for o in objectives})

@@ -6,7 +6,8 @@ plugin registers its own objective (hook ``arlkit_register_objectives``; the fac
 receives ``context``) and trains it without touching the engine.
 
 Built-ins: ``mim`` (masked image modelling), ``speckle_gan`` (the adversarial term;
-needs ``mim``), ``self_distillation`` (DINO with an EMA teacher).
+needs ``mim``), ``self_distillation`` (DINO with an EMA teacher); beyond the paper,
+``patch_distillation`` (iBOT's masked patch distillation).
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class Objective(nn.Module):
     def make_mask(self, batch_rows: int, generator: torch.Generator) -> Tensor | None:
         """The MIM mask ``(batch_rows, N)`` of the global views, or None (no masking)."""
         return None
+
+    @property
+    def draws_mask(self) -> bool:
+        """Whether this objective draws the step's mask (at most one per recipe may)."""
+        return type(self).make_mask is not Objective.make_mask
 
     def loss(self, step: Step, student: nn.Module) -> Tensor:
         """Scalar loss of this micro-step (before the recipe weight)."""

@@ -10,6 +10,7 @@ from arlkit.registry import Registrar
 def arlkit_register_objectives(register: Registrar) -> None:
     from arlkit.engine.builtin_objectives import (
         MIMObjective,
+        PatchDistillationObjective,
         SelfDistillationObjective,
         SpeckleGANObjective,
     )
@@ -17,3 +18,4 @@ def arlkit_register_objectives(register: Registrar) -> None:
     register.add("mim", MIMObjective)
     register.add("speckle_gan", SpeckleGANObjective)
     register.add("self_distillation", SelfDistillationObjective)
+    register.add("patch_distillation", PatchDistillationObjective)

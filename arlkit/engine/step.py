@@ -33,6 +33,7 @@ class Step:
             (views with ``clean_global: true``), or None.
         teacher: outputs of the EMA teacher, keyed by objective (no gradient).
         cache: student outputs shared between objectives.
+        teacher_cache: teacher backbone outputs shared between objectives.
     """
 
     index: int
@@ -47,6 +48,7 @@ class Step:
     global_clean: Tensor | None = None
     teacher: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    teacher_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -63,6 +65,19 @@ class Step:
                 self.global_views, self.organ_for(self.n_global), mask=self.mask
             )
         return self.cache["global"]
+
+    def teacher_global(self, teacher: nn.Module) -> Tensor:
+        """Teacher tokens of the unmasked global views ``(V_g·B, 1+T, C)``, computed once.
+
+        Called from :meth:`Objective.teacher_forward` (under ``no_grad``), so objectives
+        that read the teacher's class token and those that read its patch tokens share
+        one teacher pass.
+        """
+        if "global" not in self.teacher_cache:
+            self.teacher_cache["global"] = teacher.backbone.forward_features(
+                self.global_views, self.organ_for(self.n_global)
+            )
+        return self.teacher_cache["global"]
 
     def student_local(self, student: nn.Module) -> Tensor | None:
         """Student tokens of the local views ``(V_l·B, 1+n, C)``, computed once (None if none)."""

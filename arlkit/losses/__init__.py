@@ -1,4 +1,5 @@
-"""The triple objective of ARL as stand-alone losses: MIM, speckle GAN, self-distillation.
+"""The triple objective of ARL as stand-alone losses: MIM, speckle GAN, self-distillation
+(plus iBOT's masked patch distillation, beyond the paper).
 
 Importing this package needs only torch (and numpy for block masks); use the losses
 in any PyTorch training loop::
@@ -16,13 +17,14 @@ from arlkit.losses.adversarial import (
     masked_patch_pairs,
     r1_penalty,
 )
-from arlkit.losses.distill import SelfDistillationLoss, teacher_temperature
+from arlkit.losses.distill import PatchDistillationLoss, SelfDistillationLoss, teacher_temperature
 from arlkit.losses.masking import MaskGenerator
 from arlkit.losses.mim import MIMLoss, mim_loss, normalize_patches, patchify, unpatchify
 
 __all__ = [
     "MIMLoss",
     "MaskGenerator",
+    "PatchDistillationLoss",
     "SelfDistillationLoss",
     "SpeckleGANLoss",
     "discriminator_bce_loss",

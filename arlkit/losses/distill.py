@@ -1,4 +1,5 @@
-"""Self-distillation loss (DINO): a student matches an EMA teacher across views.
+"""Self-distillation losses: DINO's (a student matches an EMA teacher across views) and
+iBOT's masked patch loss (:class:`PatchDistillationLoss`).
 
 ``L_SD = -Σ z_t log z_s`` averaged over every (teacher view, student view) pair of
 *different* views, where ``z_t = softmax((t - c) / τ_t)`` is the centered, sharpened
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from arlkit.errors import ConfigError
 
-__all__ = ["SelfDistillationLoss", "teacher_temperature"]
+__all__ = ["PatchDistillationLoss", "SelfDistillationLoss", "teacher_temperature"]
 
 
 def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps: int) -> float:
@@ -184,6 +185,125 @@ class SelfDistillationLoss(nn.Module):
                 f"SelfDistillationLoss: student_out has {student_out.shape[0]} rows; expected "
                 f"V_s·B with B={batch} and V_s >= teacher_views={self.teacher_views}"
             )
+
+    def extra_repr(self) -> str:
+        return (
+            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, "
+            f"warmup_teacher_temp={self.warmup_teacher_temp}, "
+            f"warmup_teacher_temp_steps={self.warmup_teacher_temp_steps}, "
+            f"student_temp={self.student_temp}, center_momentum={self.center_momentum}"
+        )
+
+
+class PatchDistillationLoss(nn.Module):
+    """iBOT's masked patch self-distillation: the student predicts, at every masked patch
+    of a view, the teacher's distribution for the same (unmasked) patch of that view.
+
+    ``L = mean_r [ Σ_n m_rn · (-Σ_d z_t[r,n,d] log z_s[r,n,d]) / max(Σ_n m_rn, 1) ]`` where
+    ``z_t = softmax((t - c) / τ_t)`` (centered, sharpened, no gradient) and
+    ``z_s = softmax(s / τ_s)``; rows are views (``V·B``), so a row with no masked patch
+    adds zero, as in iBOT. The center ``c`` follows the mean teacher output over all
+    patches with an EMA (all-reduced across processes).
+
+    Args:
+        out_dim: prototypes of the patch head ``D``.
+        teacher_temp: teacher temperature after the warm-up (iBOT: 0.07 for patches).
+        warmup_teacher_temp: teacher temperature at step 0.
+        warmup_teacher_temp_steps: steps of the linear ramp.
+        student_temp: student temperature.
+        center_momentum: EMA momentum of the center.
+
+    Example::
+
+        loss_fn = PatchDistillationLoss(out_dim=8192)
+        loss = loss_fn(head(student_tokens), head_t(teacher_tokens), mask, step)
+    """
+
+    center: Tensor
+
+    def __init__(
+        self,
+        out_dim: int = 8192,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        if out_dim <= 0:
+            raise ConfigError(f"PatchDistillationLoss: out_dim must be positive, got {out_dim}")
+        if min(teacher_temp, warmup_teacher_temp, student_temp) <= 0:
+            raise ConfigError("PatchDistillationLoss: temperatures must be > 0")
+        if not 0.0 <= center_momentum < 1.0:
+            raise ConfigError(
+                f"PatchDistillationLoss: center_momentum must be in [0, 1), got {center_momentum}"
+            )
+        if warmup_teacher_temp_steps < 0:
+            raise ConfigError("PatchDistillationLoss: warmup_teacher_temp_steps must be >= 0")
+        self.out_dim = out_dim
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, 1, out_dim))
+
+    def teacher_temp_at(self, step: int) -> float:
+        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
+        return teacher_temperature(
+            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
+        )
+
+    def forward(self, student_out: Tensor, teacher_out: Tensor, mask: Tensor, step: int) -> Tensor:
+        """Loss over the masked patches, then the center update.
+
+        Args:
+            student_out: ``(R, N, D)`` student patch logits (the masked views).
+            teacher_out: ``(R, N, D)`` teacher patch logits of the same views unmasked.
+            mask: ``(R, N)`` bool, True where the student's patch was masked.
+            step: current optimizer step (for the temperature warm-up).
+
+        Returns:
+            Scalar float32 tensor.
+
+        Raises:
+            ConfigError: shapes that do not agree with each other or with ``out_dim``.
+        """
+        if student_out.ndim != 3 or student_out.shape != teacher_out.shape:
+            raise ConfigError(
+                "PatchDistillationLoss: expected student_out and teacher_out of one shape "
+                f"(R, N, D), got {tuple(student_out.shape)} and {tuple(teacher_out.shape)}"
+            )
+        if student_out.shape[-1] != self.out_dim:
+            raise ConfigError(
+                f"PatchDistillationLoss: outputs have {student_out.shape[-1]} prototypes, the "
+                f"loss was built with out_dim={self.out_dim}"
+            )
+        if tuple(mask.shape) != tuple(student_out.shape[:2]):
+            raise ConfigError(
+                f"PatchDistillationLoss: mask {tuple(mask.shape)} does not match the outputs' "
+                f"(R, N) = {tuple(student_out.shape[:2])}"
+            )
+        t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
+        q = F.softmax(t, dim=-1)
+        log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
+        per_patch = -(q * log_p).sum(dim=-1)  # (R, N)
+        m = mask.to(per_patch.dtype)
+        per_row = (per_patch * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
+        self.update_center(teacher_out)
+        return per_row.mean()
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Tensor) -> None:
+        """``c ← m·c + (1-m)·mean(teacher_out over all patches and processes)``."""
+        flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
+        batch_sum = flat.sum(dim=0).view(1, 1, -1)
+        count = torch.tensor(float(flat.shape[0]), device=batch_sum.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count * (1 - self.center_momentum))
 
     def extra_repr(self) -> str:
         return (

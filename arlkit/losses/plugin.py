@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from arlkit.hookspecs import hookimpl
-from arlkit.losses import MIMLoss, SelfDistillationLoss, SpeckleGANLoss
+from arlkit.losses import MIMLoss, PatchDistillationLoss, SelfDistillationLoss, SpeckleGANLoss
 from arlkit.registry import Registrar
 
 
@@ -12,3 +12,4 @@ def arlkit_register_losses(register: Registrar) -> None:
     register.add("mim", MIMLoss)
     register.add("speckle_gan", SpeckleGANLoss)
     register.add("self_distillation", SelfDistillationLoss)
+    register.add("patch_distillation", PatchDistillationLoss)

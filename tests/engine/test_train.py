@@ -29,7 +29,7 @@ def metrics(run_dir: pathlib.Path) -> list[dict]:
 
 def test_the_expected_recipes_exist():
     assert {"paper.yaml", "quickstart.yaml", "ablation-mim.yaml", "ablation-mim-acdt.yaml",
-            "ablation-mim-acdt-adv.yaml", "mae.yaml", "dino.yaml"} <= set(ALL_RECIPES)
+            "ablation-mim-acdt-adv.yaml", "mae.yaml", "dino.yaml", "ibot.yaml"} <= set(ALL_RECIPES)
     for name in ALL_RECIPES:
         assert (RECIPES / name).read_text().startswith("#"), f"{name} needs a header comment"
 
@@ -289,3 +289,78 @@ def test_mim_target_clean_needs_clean_views_and_reconstructs_them(toy, tmp_path)
     assert torch.equal(target, patchify(clean, 8))
     torch.testing.assert_close(loss, mim_loss(pred, patchify(clean, 8), mask))
     assert not torch.allclose(loss, mim_loss(pred, patchify(views, 8), mask))
+
+
+def _with_patch_distillation(tmp_path: pathlib.Path, base: str) -> str:
+    """``base`` (a shipped recipe) with iBOT's patch objective appended, at toy size."""
+    import yaml
+
+    recipe = yaml.safe_load((RECIPES / base).read_text())
+    recipe["objectives"].append({"name": "patch_distillation", "params": {
+        "out_dim": 48, "hidden_dim": 32, "bottleneck_dim": 16, "mask_ratio": 0.25,
+        "mask_probability": 0.5}})  # fmt: skip
+    path = tmp_path / f"patch-{base}"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return str(path)
+
+
+@pytest.mark.parametrize("base", ["quickstart-distill.yaml", "quickstart.yaml"])
+def test_patch_distillation_trains_and_shares_mask_and_teacher_pass(base, toy, tmp_path):
+    """``patch_distillation`` (iBOT): trains beside the other objectives; draws the mask
+    itself unless ``mim`` is in the recipe (then both read mim's); its loss is the patch
+    loss at the masked patches; the teacher backbone runs once for both distillations."""
+    from arlkit.engine.build import build_components
+    from arlkit.engine.step import Step
+    from arlkit.losses import PatchDistillationLoss
+
+    recipe = _with_patch_distillation(tmp_path, base)
+    assert run_recipe(recipe, toy(base), stream=io.StringIO()) == 0
+    rows = metrics(tmp_path / "run")
+    assert all(r["loss_patch_distillation"] > 0 for r in rows)
+
+    c = build_components(load_recipe(recipe, toy(base)))
+    patch = next(o for o in c.objectives if o.name == "patch_distillation")
+    n = c.context.grid[0] * c.context.grid[1]
+    g = torch.Generator().manual_seed(0)
+    if base == "quickstart.yaml":
+        assert not patch.draws_mask and patch.make_mask(8, g) is None
+        mask = next(o for o in c.objectives if o.name == "mim").make_mask(8, g)
+    else:
+        assert patch.draws_mask
+        many = patch.make_mask(400, g)
+        counts = many.sum(1)
+        assert set(counts.tolist()) == {0, round(0.25 * n)}  # whole views or the ratio
+        assert 0.4 < float((counts == 0).float().mean()) < 0.6  # mask_probability 0.5
+        mask = patch.make_mask(8, g)
+        mask[0, 0] = True  # at least one masked patch to compare
+    views = torch.rand(8, 1, 32, 32, generator=g)
+    step = Step(0, 0, views, None, torch.zeros(4, dtype=torch.long), mask, c.context.grid, 2, 0)
+    calls = []
+    forward = c.teacher.backbone.forward_features
+    c.teacher.backbone.forward_features = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    with torch.no_grad():
+        for obj in c.objectives:
+            obj.teacher_forward(step, c.teacher)
+    assert len(calls) == 1
+    teacher_out = step.teacher["patch_distillation"]
+    assert teacher_out.shape == (8, n, 48)
+    expected_fn = PatchDistillationLoss(out_dim=48)
+    expected_fn.center.copy_(patch.aux["criterion"].center)
+    tokens = c.student.backbone.forward_features(views, step.organ_for(2), mask=mask)
+    expected = expected_fn(c.student.heads["patch_distillation"]["head"](tokens[:, 1:]),
+                           teacher_out, mask, 0)
+    torch.testing.assert_close(patch.loss(step, c.student), expected)
+
+
+def test_patch_distillation_rejects_a_sparse_encoder_and_bad_probability():
+    from arlkit.engine.builtin_objectives import PatchDistillationObjective
+    from arlkit.engine.objectives import ObjectiveContext
+
+    def context(sparse: bool) -> ObjectiveContext:
+        return ObjectiveContext(32, 8, 1, 1, sparse, (4, 4), 2, 0, 10, 10,
+                                ("self_distillation", "patch_distillation"))
+
+    with pytest.raises(ConfigError, match="sparse"):
+        PatchDistillationObjective(context(True))
+    with pytest.raises(ConfigError, match="mask_probability"):
+        PatchDistillationObjective(context(False), mask_probability=0.0)

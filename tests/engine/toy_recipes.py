@@ -40,6 +40,12 @@ def toy_overrides(tmp_path: pathlib.Path, recipe: str, steps: int = 2, **extra: 
             "objectives.self_distillation.params.hidden_dim=32",
             "objectives.self_distillation.params.bottleneck_dim=16",
         ]
+    if "patch_distillation" in text:
+        out += [
+            "objectives.patch_distillation.params.out_dim=48",
+            "objectives.patch_distillation.params.hidden_dim=32",
+            "objectives.patch_distillation.params.bottleneck_dim=16",
+        ]
     if "decoder_depth" in text:
         out += ["objectives.mim.params.decoder_dim=32", "objectives.mim.params.decoder_heads=2",
                 "objectives.mim.params.decoder_depth=1"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from arlkit.errors import ConfigError
-from arlkit.losses import SelfDistillationLoss, teacher_temperature
+from arlkit.losses import PatchDistillationLoss, SelfDistillationLoss, teacher_temperature
 
 
 def _direct(student, teacher, center, t_temp, s_temp, n_t, skip_same=True):
@@ -121,3 +121,72 @@ def test_shape_errors() -> None:
         loss_fn(torch.randn(5, 5), torch.randn(4, 5), 0)
     with pytest.raises(ConfigError, match="temperatures"):
         SelfDistillationLoss(out_dim=5, student_temp=0.0)
+
+
+def _patch_direct(student, teacher, mask, center, t_temp, s_temp):
+    """iBOT's patch loss by hand: per view, the mean over its masked patches; then the mean
+    over views (a view without a masked patch adds zero)."""
+    rows = []
+    for r in range(student.shape[0]):
+        terms = [
+            -(torch.softmax((teacher[r, n] - center) / t_temp, 0)
+              * torch.log_softmax(student[r, n] / s_temp, 0)).sum().item()
+            for n in range(student.shape[1]) if mask[r, n]
+        ]  # fmt: skip
+        rows.append(sum(terms) / len(terms) if terms else 0.0)
+    return sum(rows) / len(rows)
+
+
+def test_patch_loss_equals_direct_computation_over_masked_patches_only() -> None:
+    g = torch.Generator().manual_seed(2)
+    r, n, d = 4, 6, 5
+    student = torch.randn(r, n, d, generator=g, dtype=torch.float64)
+    teacher = torch.randn(r, n, d, generator=g, dtype=torch.float64)
+    mask = torch.rand(r, n, generator=g) < 0.5
+    mask[0] = False  # a view the student saw whole
+    mask[1, 0] = True
+    loss_fn = PatchDistillationLoss(out_dim=d, teacher_temp=0.07, student_temp=0.1)
+    center = torch.randn(d, generator=g)
+    loss_fn.center.copy_(center.view(1, 1, d))
+    loss = loss_fn(student, teacher, mask, step=0).item()
+    assert loss == pytest.approx(_patch_direct(student, teacher, mask, center.double(), 0.07, 0.1),
+                                 rel=1e-5)
+    # what the student predicts at a visible patch does not matter
+    changed = student.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), d, generator=g, dtype=torch.float64)
+    loss_fn.center.copy_(center.view(1, 1, d))
+    assert loss_fn(changed, teacher, mask, step=0).item() == pytest.approx(loss, rel=1e-6)
+
+
+def test_patch_loss_gradient_reaches_only_masked_student_patches() -> None:
+    student = torch.randn(2, 3, 4, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, requires_grad=True)
+    mask = torch.tensor([[True, False, False], [False, True, True]])
+    PatchDistillationLoss(out_dim=4)(student, teacher, mask, 0).backward()
+    assert teacher.grad is None
+    norms = student.grad.abs().sum(-1)
+    assert bool((norms[mask] > 0).all()) and bool((norms[~mask] == 0).all())
+
+
+def test_patch_loss_center_follows_the_mean_over_all_patches() -> None:
+    g = torch.Generator().manual_seed(3)
+    loss_fn = PatchDistillationLoss(out_dim=4, center_momentum=0.8)
+    c0 = torch.randn(1, 1, 4, generator=g)
+    loss_fn.center.copy_(c0)
+    teacher = torch.randn(3, 5, 4, generator=g)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    loss_fn(torch.randn(3, 5, 4, generator=g), teacher, mask, 0)
+    expected = 0.8 * c0 + 0.2 * teacher.reshape(-1, 4).mean(0).view(1, 1, 4)
+    torch.testing.assert_close(loss_fn.center, expected)
+
+
+def test_patch_loss_shape_errors_say_what_was_expected() -> None:
+    loss_fn = PatchDistillationLoss(out_dim=4)
+    with pytest.raises(ConfigError, match="one shape"):
+        loss_fn(torch.randn(2, 3, 4), torch.randn(2, 2, 4), torch.ones(2, 3, dtype=torch.bool), 0)
+    with pytest.raises(ConfigError, match="out_dim=4"):
+        loss_fn(torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool), 0)
+    with pytest.raises(ConfigError, match="mask"):
+        loss_fn(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(3, 2, dtype=torch.bool), 0)
+    with pytest.raises(ConfigError, match="temperatures"):
+        PatchDistillationLoss(out_dim=4, teacher_temp=0.0)
