@@ -192,7 +192,46 @@ class SpeckleGANObjective(Objective):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-class SelfDistillationObjective(Objective):
+class _DistillationObjective(Objective):
+    """A projection head on the student (copied into the EMA teacher with the backbone)
+    whose last layer may stay frozen for the first steps; subclasses add the criterion."""
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        context: ObjectiveContext,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        nlayers: int,
+        norm_last_layer: bool,
+        freeze_last_layer_steps: int,
+    ) -> None:
+        super().__init__(context)
+        self.head_args = dict(
+            in_dim=context.embed_dim,
+            out_dim=out_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            nlayers=nlayers,
+            norm_last_layer=norm_last_layer,
+        )
+        self.freeze_last_layer_steps = freeze_last_layer_steps
+
+    def build_heads(self) -> nn.ModuleDict:
+        from arlkit.models.heads import DINOHead
+
+        return nn.ModuleDict({"head": DINOHead(**self.head_args)})
+
+    def after_backward(self, step: Step, student: nn.Module) -> None:
+        if step.index < self.freeze_last_layer_steps:
+            for name, param in student.heads[self.name]["head"].named_parameters():
+                if "last_layer" in name:
+                    param.grad = None
+
+
+class SelfDistillationObjective(_DistillationObjective):
     """DINO-style self-distillation between the student and an EMA teacher.
 
     The student sees the masked global views (shared pass with MIM) and the local
@@ -209,8 +248,6 @@ class SelfDistillationObjective(Objective):
         center_momentum: EMA momentum of the teacher center.
     """
 
-    needs_teacher = True
-
     def __init__(
         self,
         context: ObjectiveContext,
@@ -226,34 +263,16 @@ class SelfDistillationObjective(Objective):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer,
+                         freeze_last_layer_steps)
         if context.n_global + context.n_local < 2:
             raise ConfigError(
                 "self_distillation needs at least two views per image; use the multicrop views"
             )
-        self.head_args = dict(
-            in_dim=context.embed_dim,
-            out_dim=out_dim,
-            hidden_dim=hidden_dim,
-            bottleneck_dim=bottleneck_dim,
-            nlayers=nlayers,
-            norm_last_layer=norm_last_layer,
-        )
-        self.freeze_last_layer_steps = freeze_last_layer_steps
         self.aux["criterion"] = SelfDistillationLoss(
-            out_dim=out_dim,
-            teacher_temp=teacher_temp,
-            warmup_teacher_temp=warmup_teacher_temp,
-            warmup_teacher_temp_steps=warmup_teacher_temp_steps,
-            student_temp=student_temp,
-            center_momentum=center_momentum,
-            teacher_views=context.n_global,
+            out_dim, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps, student_temp,
+            center_momentum, teacher_views=context.n_global,
         )
-
-    def build_heads(self) -> nn.ModuleDict:
-        from arlkit.models.heads import DINOHead
-
-        return nn.ModuleDict({"head": DINOHead(**self.head_args)})
 
     def teacher_forward(self, step: Step, teacher: nn.Module) -> None:
         tokens = step.teacher_global(teacher)
@@ -269,14 +288,8 @@ class SelfDistillationObjective(Objective):
         teacher_out = step.teacher[self.name]  # (V_g·B, D)
         return self.aux["criterion"](student_out.float(), teacher_out.float(), step.index)
 
-    def after_backward(self, step: Step, student: nn.Module) -> None:
-        if step.index < self.freeze_last_layer_steps:
-            for name, param in student.heads[self.name]["head"].named_parameters():
-                if "last_layer" in name:
-                    param.grad = None
 
-
-class PatchDistillationObjective(Objective):
+class PatchDistillationObjective(_DistillationObjective):
     """iBOT's masked image modelling in feature space: at every masked patch of a global
     view the student predicts the EMA teacher's prototype distribution for that patch of
     the unmasked view (:class:`arlkit.losses.PatchDistillationLoss`).
@@ -294,6 +307,7 @@ class PatchDistillationObjective(Objective):
         hidden_dim, bottleneck_dim, nlayers: patch head shape (its own head, not the
             class-token head; iBOT's default).
         norm_last_layer: weight-normalised last layer with fixed norm.
+        freeze_last_layer_steps: the last layer gets no update for this many steps.
         teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: teacher sharpening.
         student_temp: student temperature.
         center_momentum: EMA momentum of the patch center.
@@ -303,8 +317,6 @@ class PatchDistillationObjective(Objective):
             unmasked views still feed the class-token loss.
     """
 
-    needs_teacher = True
-
     def __init__(
         self,
         context: ObjectiveContext,
@@ -313,6 +325,7 @@ class PatchDistillationObjective(Objective):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         norm_last_layer: bool = True,
+        freeze_last_layer_steps: int = 0,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
         warmup_teacher_temp_steps: int = 0,
@@ -322,11 +335,12 @@ class PatchDistillationObjective(Objective):
         mask_mode: Literal["random", "block"] = "block",
         mask_probability: float = 0.5,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer,
+                         freeze_last_layer_steps)
         if context.sparse_encoder:
             raise ConfigError(
                 "patch_distillation needs every patch token of the masked views; the sparse "
-                "(MAE) encoder drops them: set model.backbone.params.sparse: false"
+                "(MAE) encoder drops them: set model.backbone.params.mask_mode: token"
             )
         if not 0.0 < mask_probability <= 1.0:
             raise ConfigError(
@@ -335,27 +349,10 @@ class PatchDistillationObjective(Objective):
         self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode)
         self.mask_probability = mask_probability
         self._own_mask = "mim" not in context.objectives
-        self.head_args = dict(
-            in_dim=context.embed_dim,
-            out_dim=out_dim,
-            hidden_dim=hidden_dim,
-            bottleneck_dim=bottleneck_dim,
-            nlayers=nlayers,
-            norm_last_layer=norm_last_layer,
-        )
         self.aux["criterion"] = PatchDistillationLoss(
-            out_dim=out_dim,
-            teacher_temp=teacher_temp,
-            warmup_teacher_temp=warmup_teacher_temp,
-            warmup_teacher_temp_steps=warmup_teacher_temp_steps,
-            student_temp=student_temp,
-            center_momentum=center_momentum,
+            out_dim, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps, student_temp,
+            center_momentum,
         )
-
-    def build_heads(self) -> nn.ModuleDict:
-        from arlkit.models.heads import DINOHead
-
-        return nn.ModuleDict({"head": DINOHead(**self.head_args)})
 
     @property
     def draws_mask(self) -> bool:

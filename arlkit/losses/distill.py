@@ -48,7 +48,78 @@ def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps
     return warmup_temp + (temp - warmup_temp) * max(step, 0) / warmup_steps
 
 
-class SelfDistillationLoss(nn.Module):
+class _CenteredDistillation(nn.Module):
+    """What DINO's and iBOT's losses share: a teacher temperature with a linear warm-up, a
+    student temperature and a teacher center that follows the teacher outputs by EMA."""
+
+    center: Tensor
+
+    def __init__(
+        self,
+        out_dim: int,
+        teacher_temp: float,
+        warmup_teacher_temp: float,
+        warmup_teacher_temp_steps: int,
+        student_temp: float,
+        center_momentum: float,
+        center_shape: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if out_dim <= 0:
+            raise ConfigError(f"{name}: out_dim must be positive, got {out_dim}")
+        if min(teacher_temp, warmup_teacher_temp, student_temp) <= 0:
+            raise ConfigError(f"{name}: temperatures must be > 0")
+        if not 0.0 <= center_momentum < 1.0:
+            raise ConfigError(f"{name}: center_momentum must be in [0, 1), got {center_momentum}")
+        if warmup_teacher_temp_steps < 0:
+            raise ConfigError(f"{name}: warmup_teacher_temp_steps must be >= 0")
+        self.out_dim = out_dim
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(*center_shape, out_dim))
+
+    def teacher_temp_at(self, step: int) -> float:
+        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
+        return teacher_temperature(
+            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
+        )
+
+    def teacher_probs(self, teacher_out: Tensor, step: int) -> Tensor:
+        """``softmax((t - center) / τ_t)`` in float32, detached, over the last dimension."""
+        t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
+        return F.softmax(t, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Tensor) -> None:
+        """``c ← m·c + (1-m)·mean(teacher_out)``, the mean over every output row of every
+        process (all leading dimensions: views, and patches for iBOT).
+
+        Args:
+            teacher_out: ``(..., D)`` teacher outputs.
+        """
+        flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
+        batch_sum = flat.sum(dim=0)
+        count = torch.tensor(float(flat.shape[0]), device=batch_sum.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        batch_center = (batch_sum / count).view_as(self.center)
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+    def extra_repr(self) -> str:
+        return (
+            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, "
+            f"warmup_teacher_temp={self.warmup_teacher_temp}, "
+            f"warmup_teacher_temp_steps={self.warmup_teacher_temp_steps}, "
+            f"student_temp={self.student_temp}, center_momentum={self.center_momentum}"
+        )
+
+
+class SelfDistillationLoss(_CenteredDistillation):
     """DINO cross-entropy between a centered, sharpened teacher and a student.
 
     Args:
@@ -64,8 +135,6 @@ class SelfDistillationLoss(nn.Module):
         ConfigError: non-positive temperatures or dimensions, momentum outside [0, 1).
     """
 
-    center: Tensor
-
     def __init__(
         self,
         out_dim: int = 65536,
@@ -76,39 +145,13 @@ class SelfDistillationLoss(nn.Module):
         center_momentum: float = 0.9,
         teacher_views: int = 2,
     ) -> None:
-        super().__init__()
-        if out_dim <= 0 or teacher_views <= 0:
+        super().__init__(out_dim, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps,
+                         student_temp, center_momentum, center_shape=(1,))
+        if teacher_views <= 0:
             raise ConfigError(
-                f"SelfDistillationLoss: out_dim ({out_dim}) and teacher_views ({teacher_views}) "
-                "must be positive"
+                f"SelfDistillationLoss: teacher_views must be positive, got {teacher_views}"
             )
-        if min(teacher_temp, warmup_teacher_temp, student_temp) <= 0:
-            raise ConfigError("SelfDistillationLoss: temperatures must be > 0")
-        if not 0.0 <= center_momentum < 1.0:
-            raise ConfigError(
-                f"SelfDistillationLoss: center_momentum must be in [0, 1), got {center_momentum}"
-            )
-        if warmup_teacher_temp_steps < 0:
-            raise ConfigError("SelfDistillationLoss: warmup_teacher_temp_steps must be >= 0")
-        self.out_dim = out_dim
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
         self.teacher_views = teacher_views
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
-    def teacher_temp_at(self, step: int) -> float:
-        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
-        return teacher_temperature(
-            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-        )
-
-    def teacher_probs(self, teacher_out: Tensor, step: int) -> Tensor:
-        """``softmax((t - center) / τ_t)`` in float32, detached. ``(V_t·B, D) -> (V_t·B, D)``."""
-        t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
-        return F.softmax(t, dim=-1)
 
     def forward(self, student_out: Tensor, teacher_out: Tensor, step: int) -> Tensor:
         """Loss over all cross-view pairs, then the center update.
@@ -147,21 +190,6 @@ class SelfDistillationLoss(nn.Module):
         self.update_center(teacher_out)
         return total / pairs
 
-    @torch.no_grad()
-    def update_center(self, teacher_out: Tensor) -> None:
-        """``c ← m·c + (1-m)·mean(teacher_out)``, the mean taken over all processes.
-
-        Args:
-            teacher_out: ``(V_t·B, D)`` teacher outputs.
-        """
-        batch_sum = teacher_out.detach().float().sum(dim=0, keepdim=True)  # (1, D)
-        count = torch.tensor(float(teacher_out.shape[0]), device=batch_sum.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        batch_center = batch_sum / count
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
-
     def _check(self, student_out: Tensor, teacher_out: Tensor) -> None:
         if student_out.ndim != 2 or teacher_out.ndim != 2:
             raise ConfigError(
@@ -186,16 +214,8 @@ class SelfDistillationLoss(nn.Module):
                 f"V_s·B with B={batch} and V_s >= teacher_views={self.teacher_views}"
             )
 
-    def extra_repr(self) -> str:
-        return (
-            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, "
-            f"warmup_teacher_temp={self.warmup_teacher_temp}, "
-            f"warmup_teacher_temp_steps={self.warmup_teacher_temp_steps}, "
-            f"student_temp={self.student_temp}, center_momentum={self.center_momentum}"
-        )
 
-
-class PatchDistillationLoss(nn.Module):
+class PatchDistillationLoss(_CenteredDistillation):
     """iBOT's masked patch self-distillation: the student predicts, at every masked patch
     of a view, the teacher's distribution for the same (unmasked) patch of that view.
 
@@ -219,8 +239,6 @@ class PatchDistillationLoss(nn.Module):
         loss = loss_fn(head(student_tokens), head_t(teacher_tokens), mask, step)
     """
 
-    center: Tensor
-
     def __init__(
         self,
         out_dim: int = 8192,
@@ -230,30 +248,8 @@ class PatchDistillationLoss(nn.Module):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
     ) -> None:
-        super().__init__()
-        if out_dim <= 0:
-            raise ConfigError(f"PatchDistillationLoss: out_dim must be positive, got {out_dim}")
-        if min(teacher_temp, warmup_teacher_temp, student_temp) <= 0:
-            raise ConfigError("PatchDistillationLoss: temperatures must be > 0")
-        if not 0.0 <= center_momentum < 1.0:
-            raise ConfigError(
-                f"PatchDistillationLoss: center_momentum must be in [0, 1), got {center_momentum}"
-            )
-        if warmup_teacher_temp_steps < 0:
-            raise ConfigError("PatchDistillationLoss: warmup_teacher_temp_steps must be >= 0")
-        self.out_dim = out_dim
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_steps = warmup_teacher_temp_steps
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, 1, out_dim))
-
-    def teacher_temp_at(self, step: int) -> float:
-        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
-        return teacher_temperature(
-            step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
-        )
+        super().__init__(out_dim, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps,
+                         student_temp, center_momentum, center_shape=(1, 1))
 
     def forward(self, student_out: Tensor, teacher_out: Tensor, mask: Tensor, step: int) -> Tensor:
         """Loss over the masked patches, then the center update.
@@ -285,30 +281,10 @@ class PatchDistillationLoss(nn.Module):
                 f"PatchDistillationLoss: mask {tuple(mask.shape)} does not match the outputs' "
                 f"(R, N) = {tuple(student_out.shape[:2])}"
             )
-        t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
-        q = F.softmax(t, dim=-1)
+        q = self.teacher_probs(teacher_out, step)
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1)
         per_patch = -(q * log_p).sum(dim=-1)  # (R, N)
         m = mask.to(per_patch.dtype)
         per_row = (per_patch * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
         self.update_center(teacher_out)
         return per_row.mean()
-
-    @torch.no_grad()
-    def update_center(self, teacher_out: Tensor) -> None:
-        """``c ← m·c + (1-m)·mean(teacher_out over all patches and processes)``."""
-        flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
-        batch_sum = flat.sum(dim=0).view(1, 1, -1)
-        count = torch.tensor(float(flat.shape[0]), device=batch_sum.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count * (1 - self.center_momentum))
-
-    def extra_repr(self) -> str:
-        return (
-            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, "
-            f"warmup_teacher_temp={self.warmup_teacher_temp}, "
-            f"warmup_teacher_temp_steps={self.warmup_teacher_temp_steps}, "
-            f"student_temp={self.student_temp}, center_momentum={self.center_momentum}"
-        )
