@@ -1,5 +1,6 @@
 """The paper's three objectives as engine objectives: ``mim``, ``speckle_gan``, ``self_distillation``;
-and iBOT's masked patch distillation, ``patch_distillation`` (beyond the paper)."""
+and, beyond the paper, iBOT's masked patch distillation (``patch_distillation``) and DINOv2's
+KoLeo regulariser (``koleo``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from arlkit.engine.objectives import Objective, ObjectiveContext
 from arlkit.engine.step import Step
 from arlkit.errors import ConfigError
 from arlkit.losses import (
+    KoLeoLoss,
     MaskGenerator,
     PatchDistillationLoss,
     SelfDistillationLoss,
@@ -23,6 +25,7 @@ from arlkit.losses.adversarial import masked_patch_pairs
 from arlkit.models.decoders import MIMDecoder
 
 __all__ = [
+    "KoLeoObjective",
     "MIMObjective",
     "PatchDistillationObjective",
     "SelfDistillationObjective",
@@ -382,6 +385,30 @@ class PatchDistillationObjective(_DistillationObjective):
         return self.aux["criterion"](
             student_out.float(), step.teacher[self.name].float(), step.mask, step.index
         )
+
+
+class KoLeoObjective(Objective):
+    """DINOv2's KoLeo regulariser on the student's class tokens of the global views
+    (:class:`arlkit.losses.KoLeoLoss`; neighbours searched among the images of one view
+    on this process). It spreads the images over the feature sphere, against the collapse
+    of the features onto a few directions; give it a small recipe weight (DINOv2: 0.1).
+
+    Args:
+        context: injected by the engine.
+        eps: added to the nearest-neighbour distances inside the log.
+    """
+
+    def __init__(self, context: ObjectiveContext, eps: float = 1e-8) -> None:
+        super().__init__(context)
+        self.criterion = KoLeoLoss(views=context.n_global, eps=eps)
+
+    def loss(self, step: Step, student: nn.Module) -> Tensor:
+        if step.batch_size < 2:
+            raise ConfigError(
+                f"{self.name}: needs at least 2 images per process and micro-batch, got "
+                f"{step.batch_size}; raise data.batch_size"
+            )
+        return self.criterion(step.student_global(student)[:, 0])
 
 
 def _all_reduce_grads(module: nn.Module) -> None:

@@ -7,7 +7,7 @@ receives ``context``) and trains it without touching the engine.
 
 Built-ins: ``mim`` (masked image modelling), ``speckle_gan`` (the adversarial term;
 needs ``mim``), ``self_distillation`` (DINO with an EMA teacher); beyond the paper,
-``patch_distillation`` (iBOT's masked patch distillation).
+``patch_distillation`` (iBOT's masked patch distillation) and ``koleo`` (DINOv2's KoLeo).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from arlkit.registry import Registrar
 @hookimpl
 def arlkit_register_objectives(register: Registrar) -> None:
     from arlkit.engine.builtin_objectives import (
+        KoLeoObjective,
         MIMObjective,
         PatchDistillationObjective,
         SelfDistillationObjective,
@@ -19,3 +20,4 @@ def arlkit_register_objectives(register: Registrar) -> None:
     register.add("speckle_gan", SpeckleGANObjective)
     register.add("self_distillation", SelfDistillationObjective)
     register.add("patch_distillation", PatchDistillationObjective)
+    register.add("koleo", KoLeoObjective)

@@ -1,5 +1,5 @@
 """The triple objective of ARL as stand-alone losses: MIM, speckle GAN, self-distillation
-(plus iBOT's masked patch distillation, beyond the paper).
+(plus, beyond the paper, iBOT's masked patch distillation and DINOv2's KoLeo regulariser).
 
 Importing this package needs only torch (and numpy for block masks); use the losses
 in any PyTorch training loop::
@@ -18,10 +18,12 @@ from arlkit.losses.adversarial import (
     r1_penalty,
 )
 from arlkit.losses.distill import PatchDistillationLoss, SelfDistillationLoss, teacher_temperature
+from arlkit.losses.koleo import KoLeoLoss, koleo_loss
 from arlkit.losses.masking import MaskGenerator
 from arlkit.losses.mim import MIMLoss, mim_loss, normalize_patches, patchify, unpatchify
 
 __all__ = [
+    "KoLeoLoss",
     "MIMLoss",
     "MaskGenerator",
     "PatchDistillationLoss",
@@ -30,6 +32,7 @@ __all__ = [
     "discriminator_bce_loss",
     "discriminator_hinge_loss",
     "generator_adv_loss",
+    "koleo_loss",
     "masked_patch_pairs",
     "mim_loss",
     "normalize_patches",

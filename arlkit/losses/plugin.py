@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from arlkit.hookspecs import hookimpl
-from arlkit.losses import MIMLoss, PatchDistillationLoss, SelfDistillationLoss, SpeckleGANLoss
+from arlkit.losses import (
+    KoLeoLoss,
+    MIMLoss,
+    PatchDistillationLoss,
+    SelfDistillationLoss,
+    SpeckleGANLoss,
+)
 from arlkit.registry import Registrar
 
 
@@ -13,3 +19,4 @@ def arlkit_register_losses(register: Registrar) -> None:
     register.add("speckle_gan", SpeckleGANLoss)
     register.add("self_distillation", SelfDistillationLoss)
     register.add("patch_distillation", PatchDistillationLoss)
+    register.add("koleo", KoLeoLoss)

@@ -291,17 +291,22 @@ def test_mim_target_clean_needs_clean_views_and_reconstructs_them(toy, tmp_path)
     assert not torch.allclose(loss, mim_loss(pred, patchify(views, 8), mask))
 
 
-def _with_patch_distillation(tmp_path: pathlib.Path, base: str) -> str:
-    """``base`` (a shipped recipe) with iBOT's patch objective appended, at toy size."""
+def _with_objective(tmp_path: pathlib.Path, base: str, spec: dict) -> str:
+    """``base`` (a shipped recipe) with the objective ``spec`` appended; returns its path."""
     import yaml
 
     recipe = yaml.safe_load((RECIPES / base).read_text())
-    recipe["objectives"].append({"name": "patch_distillation", "params": {
-        "out_dim": 48, "hidden_dim": 32, "bottleneck_dim": 16, "mask_ratio": 0.25,
-        "mask_probability": 0.5}})  # fmt: skip
-    path = tmp_path / f"patch-{base}"
+    recipe["objectives"].append(spec)
+    path = tmp_path / f"{spec['name']}-{base}"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return str(path)
+
+
+def _with_patch_distillation(tmp_path: pathlib.Path, base: str) -> str:
+    """``base`` with iBOT's patch objective appended, at toy size."""
+    return _with_objective(tmp_path, base, {"name": "patch_distillation", "params": {
+        "out_dim": 48, "hidden_dim": 32, "bottleneck_dim": 16, "mask_ratio": 0.25,
+        "mask_probability": 0.5}})  # fmt: skip
 
 
 @pytest.mark.parametrize("base", ["quickstart-distill.yaml", "quickstart.yaml"])
@@ -364,3 +369,33 @@ def test_patch_distillation_rejects_a_sparse_encoder_and_bad_probability():
         PatchDistillationObjective(context(True))
     with pytest.raises(ConfigError, match="mask_probability"):
         PatchDistillationObjective(context(False), mask_probability=0.0)
+
+
+def test_koleo_trains_on_the_students_class_tokens(toy, tmp_path):
+    """``koleo`` (DINOv2's regulariser, weight 0.1): trains beside self-distillation; its
+    loss is KoLeo of the student's class tokens of each global view."""
+    from arlkit.engine.build import build_components
+    from arlkit.engine.step import Step
+    from arlkit.losses import koleo_loss
+
+    base = "quickstart-distill.yaml"
+    recipe = _with_objective(tmp_path, base, {"name": "koleo", "weight": 0.1, "params": {}})
+    assert run_recipe(recipe, toy(base), stream=io.StringIO()) == 0
+    rows = metrics(tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(r["loss_koleo"])) for r in rows)
+    for r in rows:  # the recipe weight scales it in the total
+        expected_total = r["loss_self_distillation"] + 0.1 * r["loss_koleo"]
+        assert r["loss"] == pytest.approx(expected_total, rel=1e-4, abs=1e-3)
+
+    c = build_components(load_recipe(recipe, toy(base)))
+    koleo = next(o for o in c.objectives if o.name == "koleo")
+    g = torch.Generator().manual_seed(0)
+    views = torch.rand(8, 1, 32, 32, generator=g)
+    step = Step(0, 0, views, None, torch.zeros(4, dtype=torch.long), None, c.context.grid, 2, 0)
+    cls = c.student.backbone.forward_features(views, step.organ_for(2))[:, 0]
+    expected = (koleo_loss(cls[:4]) + koleo_loss(cls[4:])) / 2
+    torch.testing.assert_close(koleo.loss(step, c.student), expected)
+    lonely = Step(0, 0, views[:2], None, torch.zeros(1, dtype=torch.long), None,
+                  c.context.grid, 2, 0)
+    with pytest.raises(ConfigError, match="raise data.batch_size"):
+        koleo.loss(lonely, c.student)
