@@ -76,10 +76,20 @@ def _kernels():
 
 
 def _threads() -> None:
-    """Use as many Numba threads as PyTorch uses (its setting is the user's intent)."""
+    """Use as many Numba threads as PyTorch uses (its setting is the user's intent).
+
+    The first call launches Numba's thread pool. With its OpenMP layer that pool can bind to
+    the OpenMP runtime PyTorch already loaded (both ask for ``libgomp.so.1``) and set that
+    runtime's thread count to ``NUMBA_NUM_THREADS`` — every core — silently undoing a
+    ``torch.set_num_threads`` made before, such as the trainer's one core per loader worker
+    (oversubscribed, a 2-core training step took 1.8× as long). PyTorch's setting is put back.
+    """
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _arrays(x: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, groups: int, dt):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -194,3 +198,22 @@ def test_fake_implementations_promise_the_real_strides() -> None:
         real, fake = (r if isinstance(r, tuple) else (r,) for r in (real, fake))
         for r, f in zip(real, fake):
             assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
+
+
+def test_kernels_leave_pytorchs_thread_count_alone() -> None:
+    # Numba's first call launches its OpenMP pool, which can set the OpenMP runtime PyTorch
+    # shares to NUMBA_NUM_THREADS threads; the trainer's one thread beside a loader worker
+    # must survive it. A fresh process: in this one the pool may have been launched already.
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from arlkit.ops.numba_deform import deform_conv_numba\n"
+        "x = torch.randn(2, 4, 6, 6, requires_grad=True)\n"
+        "off = torch.randn(2, 18, 6, 6); w = torch.randn(4, 1, 9)\n"
+        "deform_conv_numba(x, off, w, None, kernel_size=3).sum().backward()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, NUMBA_NUM_THREADS="4")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "1"
