@@ -61,28 +61,32 @@ def test_quickstart_pretraining_then_linear_probe(tmp_path):
 
 
 def test_distillation_pretraining_beats_random_init(tmp_path):
-    """``recipes/quickstart-distill.yaml`` (self-distillation alone, 1200 steps of 32 images,
-    ~7 min on 2 cores) learns what a random initialisation lacks.
+    """``recipes/quickstart-distill.yaml`` (self-distillation alone, batches of 32 images), cut
+    to 800 of its 1200 steps (~5.5 min on 2 cores), learns what a random initialisation lacks.
 
     The probe is ``--solver lbfgs`` (logistic regression solved to convergence): the SGD
     probe's fixed step budget under-fits the anisotropic features of trained backbones more
     than random ones (RESULTS.md, issue 7), and an exact solver leaves only the features to
-    compare. Measured on the 2-core development CPU (2026-11-29), against `--backbone random
-    --seed 0` on the same protocol and split: cardiac view 0.9250 vs 0.7525 (+0.173), thyroid
-    0.8825 vs 0.7950 (+0.088), breast 0.8725 vs 0.8650 (+0.008). Against the mean of four
-    random inits over two data seeds (benchmarks/probe_checkpoints.py --solver lbfgs):
-    cardiac view +0.165 / +0.133, thyroid +0.048 / +0.050, lung +0.086 / +0.039, breast
-    +0.027 / +0.006. Training seed 1, same protocol: cardiac view 0.8925 (+0.140), thyroid
-    0.8825 (+0.088), breast 0.8475 (−0.018) — the lesion task's gain at this budget is inside
-    the noise of training seeds, which is why the quickstart test above cannot claim it either.
+    compare. Measured on the 2-core development CPU (AMD EPYC, 2026-11-29), 800 steps, against
+    ``--backbone random --seed 0`` on the same protocol and split (random: cardiac view
+    0.7525, thyroid 0.7950, breast 0.8650), training seed 0 / 1:
+    cardiac view 0.8825 / 0.8875 (+0.130 / +0.135), thyroid 0.8725 / 0.8900 (+0.078 / +0.095),
+    breast 0.8600 / 0.8150 (−0.005 / −0.050). At the recipe's full 1200 steps (2026-11-29,
+    earlier machine): cardiac view +0.173 / +0.140, thyroid +0.088 / +0.088, breast
+    +0.008 / −0.018; against the mean of four random inits over two data seeds
+    (benchmarks/probe_checkpoints.py --solver lbfgs): cardiac view +0.165 / +0.133, thyroid
+    +0.048 / +0.050, lung +0.086 / +0.039, breast +0.027 / +0.006 — the lesion task's gain at
+    this budget is inside the noise of training seeds, which is why the quickstart test
+    above cannot claim it either. The 800 steps keep the suite near its 15-minute budget;
+    the cardiac-view and thyroid margins hold there with room to spare.
     Both backbones are probed in one ``arlkit eval compare`` process (the same protocol and
-    numbers as ``eval linear``, each task rendered once: 34 s instead of about 3 min for six
-    ``eval linear`` processes). The thresholds keep a third of the cardiac-view and thyroid margins (the init-to-init
-    spread of the baseline is 0.01–0.026) and allow breast the spread seen across training
-    seeds.
+    numbers as ``eval linear``, each task rendered once). The thresholds keep about a third
+    of the cardiac-view and thyroid margins (the init-to-init spread of the baseline is
+    0.01–0.026); breast only has to keep its lesion information (random init 0.865, chance
+    0.5) within a margin beyond the −0.050 seen across training seeds.
     """
     run = tmp_path / "distill"
-    done = arlkit("run", "recipes/quickstart-distill.yaml", f"run_dir={run}")
+    done = arlkit("run", "recipes/quickstart-distill.yaml", f"run_dir={run}", "train.steps=800")
     assert f"exported backbone: {run}/backbone.safetensors" in done.stdout
     # one process probes both backbones on the three tasks (each task rendered once):
     # `eval compare` runs `eval linear`'s protocol and reports the same numbers
@@ -107,5 +111,5 @@ def test_distillation_pretraining_beats_random_init(tmp_path):
         f"pretraining learned no cardiac-view structure: margin {margin['cardiac_view']:+.4f}")
     assert margin["thyroid"] >= 0.03, (
         f"pretraining learned no thyroid nodule features: margin {margin['thyroid']:+.4f}")
-    assert margin["breast"] >= -0.03, (
-        f"pretraining damaged the breast features: margin {margin['breast']:+.4f}")
+    assert margin["breast"] >= -0.08, (
+        f"pretraining destroyed the breast lesion features: margin {margin['breast']:+.4f}")
