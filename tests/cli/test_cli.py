@@ -1,4 +1,9 @@
-"""The command line through its installed entry point, in subprocesses."""
+"""The command line: ``arlkit.cli.main`` in this process, and the installed entry point in
+subprocesses where a fresh process is the point (the console script itself, plugin
+discovery from the environment). In-process calls cost milliseconds where each subprocess
+pays ~5 s of ``import torch``/``timm``; an exception escaping ``main`` fails the test, which
+is stricter than looking for ``Traceback`` on a subprocess's stderr.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,57 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 
 import pytest
+
+from arlkit.cli import main
 
 ARLKIT = shutil.which("arlkit") or os.path.join(os.path.dirname(sys.executable), "arlkit")
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+def run_process(
+    *args: str, env: dict[str, str] | None = None, cwd=None
+) -> subprocess.CompletedProcess:
+    """The installed ``arlkit`` console script in a fresh process."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [ARLKIT, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
     )
 
 
-def test_version_and_help():
-    out = run("--version")
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def run(capsys, monkeypatch):
+    """``arlkit ARGS`` in this process: exit code and captured stdout/stderr."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str) -> Outcome:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: usage errors, --help, --version
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return Outcome(code, out, err)
+
+    return invoke
+
+
+def test_console_script_version_and_help():
+    out = run_process("--version")
     assert out.returncode == 0 and out.stdout.startswith("arlkit ")
-    out = run()
+    out = run_process()
     assert out.returncode == 2 and "validate" in out.stdout
 
 
-def test_validate_reports_all_errors_without_traceback(tmp_path):
+def test_validate_reports_all_errors_without_traceback(tmp_path, run):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("objectives: [{name: no_such_objective}]\noptim: {lrr: 1}\n")
     out = run("validate", str(recipe), "train.steps=abc")
@@ -41,23 +76,23 @@ def test_validate_reports_all_errors_without_traceback(tmp_path):
     assert f"{recipe}: train.steps: Input should be a valid integer" in out.stderr
 
 
-def test_validate_missing_file_is_exit_2(tmp_path):
+def test_validate_missing_file_is_exit_2(tmp_path, run):
     out = run("validate", str(tmp_path / "none.yaml"))
     assert out.returncode == 2 and "file not found" in out.stderr
 
 
-def test_argparse_usage_error_is_exit_2():
+def test_argparse_usage_error_is_exit_2(run):
     out = run("list", "--no-such-flag")
     assert out.returncode == 2 and "unrecognized arguments" in out.stderr
 
 
-def test_list_unknown_kind_suggests():
+def test_list_unknown_kind_suggests(run):
     out = run("list", "conditionerz")
     assert out.returncode == 2
     assert "did you mean 'conditioners'?" in out.stderr
 
 
-def test_schema_is_json_schema(tmp_path):
+def test_schema_is_json_schema(tmp_path, run):
     out = run("schema")
     assert out.returncode == 0
     schema = json.loads(out.stdout)
@@ -81,7 +116,7 @@ def broken_plugin_path(tmp_path):
 
 def test_plugin_failing_at_import_is_reported_and_can_be_disabled(broken_plugin_path):
     env = {"PYTHONPATH": broken_plugin_path}
-    out = run("plugins", "--json", env=env)
+    out = run_process("plugins", "--json", env=env)
     assert out.returncode == 0, out.stderr
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     assert rows["broken"]["status"] == "failed"
@@ -89,16 +124,16 @@ def test_plugin_failing_at_import_is_reported_and_can_be_disabled(broken_plugin_
     assert "boom at import" in rows["broken"]["error"]
     assert "plugin 'broken' (distribution brokenplug)" in out.stderr  # the warning
     assert rows["arlkit.losses.plugin"]["status"] == "loaded"  # the others still load
-    out = run("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "broken"})
+    out = run_process("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "broken"})
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     assert rows["broken"]["status"] == "disabled" and "boom" not in out.stderr
-    out = run("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "all"})
+    out = run_process("plugins", "--json", env={**env, "ARLKIT_DISABLE_PLUGINS": "all"})
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     assert rows["broken"]["status"] == "disabled" and rows["probe"]["status"] == "disabled"
 
 
-def test_probe_plugin_is_discovered_and_usable_in_a_recipe(tmp_path):
-    out = run("list", "conditioners", "--json")
+def test_probe_plugin_is_discovered_and_usable_in_a_recipe(tmp_path, run):
+    out = run_process("list", "conditioners", "--json")
     assert out.returncode == 0, out.stderr
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     assert rows["probe"]["provider"] == "probe"
@@ -120,7 +155,7 @@ def test_probe_plugin_is_discovered_and_usable_in_a_recipe(tmp_path):
     )
 
 
-def test_overrides_may_follow_options(tmp_path):
+def test_overrides_may_follow_options(tmp_path, run):
     recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart.yaml")
     out = run("validate", recipe, "--show", "train.steps=7", "optim.lr=0.5")
     assert out.returncode == 0, out.stderr
@@ -132,7 +167,7 @@ def test_overrides_may_follow_options(tmp_path):
     assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
 
 
-def test_unwritable_output_path_is_an_error_not_a_traceback(tmp_path):
+def test_unwritable_output_path_is_an_error_not_a_traceback(tmp_path, run):
     blocker = tmp_path / "file"
     blocker.write_text("")
     out = run("schema", "--out", str(blocker / "schema.json"))
@@ -140,7 +175,7 @@ def test_unwritable_output_path_is_an_error_not_a_traceback(tmp_path):
     assert out.stderr.startswith(f"error: {blocker / 'schema.json'}: Not a directory")
 
 
-def test_viz_offsets_bad_inputs_are_named(tmp_path):
+def test_viz_offsets_bad_inputs_are_named(tmp_path, run):
     pytest.importorskip("matplotlib")
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")
@@ -159,7 +194,7 @@ def test_viz_offsets_bad_inputs_are_named(tmp_path):
     assert out.returncode == 0 and (tmp_path / "o.png").stat().st_size > 0
 
 
-def test_validate_builds_components_unless_schema_only(tmp_path):
+def test_validate_builds_components_unless_schema_only(tmp_path, run):
     recipe = tmp_path / "r.yaml"
     text = open("recipes/quickstart.yaml").read().replace("mask_ratio: 0.5", "mask_ratio: 1.5")
     assert "mask_ratio: 1.5" in text
@@ -171,19 +206,19 @@ def test_validate_builds_components_unless_schema_only(tmp_path):
     assert out.returncode == 0 and "valid" in out.stdout
 
 
-def test_list_accepts_the_singular_kind():
+def test_list_accepts_the_singular_kind(run):
     out = run("list", "conditioner", "--json")
     assert out.returncode == 0
     assert {row["kind"] for row in json.loads(out.stdout)} == {"conditioners"}
 
 
-def test_resume_does_not_swallow_an_override(tmp_path):
+def test_resume_does_not_swallow_an_override(tmp_path, run):
     # `--resume a.b=1` is `--resume` (latest) plus the override, not a checkpoint path
     out = run("run", "recipes/quickstart.yaml", "--resume", f"run_dir={tmp_path / 'r'}")
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "no complete checkpoint" in out.stderr and str(tmp_path / "r") in out.stderr
 
 
-def test_export_of_a_missing_run_dir(tmp_path):
+def test_export_of_a_missing_run_dir(tmp_path, run):
     out = run("export", str(tmp_path / "none"), "--out", str(tmp_path / "b.safetensors"))
     assert out.returncode == 1 and "no such run directory" in out.stderr
