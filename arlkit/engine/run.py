@@ -92,7 +92,7 @@ def run_recipe(
     from arlkit.cli.output import console
     from arlkit.engine import checkpoint as ckpt
     from arlkit.engine.build import build_components
-    from arlkit.engine.data import ViewsDataset
+    from arlkit.engine.data import ViewsDataset, share_cores
     from arlkit.engine.distributed import cleanup, setup
     from arlkit.engine.export import export_backbone
     from arlkit.engine.logger import RunLogger
@@ -139,66 +139,58 @@ def run_recipe(
             f"'arlkit run {source} --resume', or start anew with run_dir=<another directory>"
         )
 
-    _share_cores(device, recipe.data.num_workers)
-    dist_info = setup(device)
-    try:
-        from arlkit.data.sampler import OrganBalancedSampler
-
-        env = _environment(recipe, device, dist_info.world_size)
-        if dist_info.is_main:
-            prepare_run_dir(run_dir, dump_recipe(recipe), env)
-        sampler = OrganBalancedSampler(
-            comps.dataset.organ_indices,
-            temperature=recipe.data.sampler_temperature,
-            seed=recipe.seed,
-        )
-
-        def order(epoch: int) -> list[int]:
-            return sampler.global_order(epoch).tolist()
-
-        views_dataset = ViewsDataset(comps.dataset, comps.views, recipe.seed)
-        logger = RunLogger(run_dir, recipe.train.steps, enabled=dist_info.is_main, stream=stream,
-                           tensorboard=recipe.train.tensorboard)
-        trainer = Trainer(comps, run_dir, device, dist_info, logger, order, views_dataset)
-        if resume_path:
-            trainer.load(resume_path)
-            logger.message(f"resumed from {resume_path} at step {trainer.step}")
-        logger.message(f"training {plan_text}")
-        bad_log = _bad_file_log(comps.dataset, run_dir, dist_info.is_main)
+    with share_cores(device, recipe.data.num_workers):
+        dist_info = setup(device)
         try:
-            result = trainer.fit(bad_log)
-        finally:
-            logger.close()
-        exported = None
-        if dist_info.is_main and recipe.train.export and not result.interrupted:
-            source_model = (trainer.teacher or trainer.student).backbone
-            exported = export_backbone(
-                source_model, comps.config, f"{run_dir.rstrip('/')}/backbone.safetensors",
-                extra={"source": "teacher" if trainer.teacher is not None else "student",
-                       "step": str(trainer.step)})
-        if dist_info.is_main:
-            out = console()
-            out.print(f"done: {result.steps_done} steps; checkpoint {result.last_checkpoint}",
-                      markup=False)
-            if exported:
-                out.print(f"exported backbone: {exported}", markup=False)
-            if bad_log.num_bad:
-                out.print(f"note: {bad_log.num_bad} image(s) could not be read and were left "
-                          f"out; they are listed in {bad_log.path}", markup=False)
-            if result.interrupted:
-                out.print(f"interrupted; continue with: arlkit run {source} --resume",
+            from arlkit.data.sampler import OrganBalancedSampler
+
+            env = _environment(recipe, device, dist_info.world_size)
+            if dist_info.is_main:
+                prepare_run_dir(run_dir, dump_recipe(recipe), env)
+            sampler = OrganBalancedSampler(
+                comps.dataset.organ_indices,
+                temperature=recipe.data.sampler_temperature,
+                seed=recipe.seed,
+            )
+
+            def order(epoch: int) -> list[int]:
+                return sampler.global_order(epoch).tolist()
+
+            views_dataset = ViewsDataset(comps.dataset, comps.views, recipe.seed)
+            logger = RunLogger(run_dir, recipe.train.steps, enabled=dist_info.is_main, stream=stream,
+                               tensorboard=recipe.train.tensorboard)
+            trainer = Trainer(comps, run_dir, device, dist_info, logger, order, views_dataset)
+            if resume_path:
+                trainer.load(resume_path)
+                logger.message(f"resumed from {resume_path} at step {trainer.step}")
+            logger.message(f"training {plan_text}")
+            bad_log = _bad_file_log(comps.dataset, run_dir, dist_info.is_main)
+            try:
+                result = trainer.fit(bad_log)
+            finally:
+                logger.close()
+            exported = None
+            if dist_info.is_main and recipe.train.export and not result.interrupted:
+                source_model = (trainer.teacher or trainer.student).backbone
+                exported = export_backbone(
+                    source_model, comps.config, f"{run_dir.rstrip('/')}/backbone.safetensors",
+                    extra={"source": "teacher" if trainer.teacher is not None else "student",
+                           "step": str(trainer.step)})
+            if dist_info.is_main:
+                out = console()
+                out.print(f"done: {result.steps_done} steps; checkpoint {result.last_checkpoint}",
                           markup=False)
-        return 130 if result.interrupted else 0
-    finally:
-        cleanup(dist_info)
-
-
-def _share_cores(device: torch.device, num_workers: int) -> None:
-    """Leave a core per loader worker on CPU: oversubscribed OpenMP threads spin and slow
-    training by an order of magnitude on small machines."""
-    cores = os.cpu_count() or 1
-    if device.type == "cpu" and num_workers > 0 and torch.get_num_threads() + num_workers > cores:
-        torch.set_num_threads(max(1, cores - num_workers))
+                if exported:
+                    out.print(f"exported backbone: {exported}", markup=False)
+                if bad_log.num_bad:
+                    out.print(f"note: {bad_log.num_bad} image(s) could not be read and were left "
+                              f"out; they are listed in {bad_log.path}", markup=False)
+                if result.interrupted:
+                    out.print(f"interrupted; continue with: arlkit run {source} --resume",
+                              markup=False)
+            return 130 if result.interrupted else 0
+        finally:
+            cleanup(dist_info)
 
 
 def _bad_file_log(dataset: Any, run_dir: str, enabled: bool) -> Any:

@@ -137,7 +137,10 @@ def run_eval(
     log(f"{cfg.protocol} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"train/val/test, {size}px) with {bb.name} [{bb.kind}: {bb.source}] on {device}")
     run = run_segmentation if cfg.protocol == "segment" else run_classification
-    metrics, details = run(cfg, bb, data, device, log)
+    from arlkit.engine.data import share_cores
+
+    with share_cores(device, cfg.workers):
+        metrics, details = run(cfg, bb, data, device, log)
     results = {"protocol": cfg.protocol, "task": data.name, "backbone": bb.name, "data": cfg.data,
                "classes": data.classes, "metrics": metrics, "details": details,
                "sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},

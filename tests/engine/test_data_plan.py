@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlkit.engine.data import BatchPlan, StepBatchSampler, seed_for
+from arlkit.engine.data import BatchPlan, StepBatchSampler, seed_for, share_cores
 from arlkit.errors import ConfigError
 
 
@@ -49,3 +52,34 @@ def test_seed_for_is_stable_and_mixes():
     assert seed_for(1, 2, 3) == seed_for(1, 2, 3)
     assert len({seed_for(0, e, i) for e in range(10) for i in range(100)}) == 1000
     assert 0 <= seed_for(2**40, 5) < 2**63
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "inside"),
+    [("cpu", 1, 3), ("cpu", 3, 1), ("cpu", 6, 1), ("cpu", 0, 4), ("cuda", 2, 4)],
+)
+def test_share_cores_leaves_a_core_per_worker_and_restores(monkeypatch, device, workers, inside):
+    # 4 cores, PyTorch on all of them: workers on the CPU take cores away (at least one stays)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with share_cores(torch.device(device), workers):
+            assert torch.get_num_threads() == inside
+        assert torch.get_num_threads() == 4
+        with pytest.raises(RuntimeError), share_cores(torch.device(device), workers):
+            raise RuntimeError("an error inside the block still restores")
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_share_cores_keeps_a_count_that_already_fits(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with share_cores(torch.device("cpu"), 2):  # 2 threads + 2 workers = 4 cores
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
