@@ -65,7 +65,7 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help="images per batch (linear/knn 64, finetune 32, segment 16)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (linear 100 but at least 2000 steps of 256, "
-                        "finetune 5, segment 5)")
+                        "finetune 50, segment 20)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=_floats, default=None,
                    help="linear: the learning-rate sweep; finetune/segment: the learning rate")

@@ -273,7 +273,7 @@ def finetune_classifier(
     test: Any,
     num_classes: int,
     *,
-    epochs: int = 5,
+    epochs: int = 50,
     steps: int | None = None,
     lr: float = 5e-4,
     weight_decay: float = 0.05,

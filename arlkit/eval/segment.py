@@ -154,7 +154,7 @@ def train_segmentation(
     test: Any,
     num_classes: int,
     *,
-    epochs: int = 5,
+    epochs: int = 20,
     steps: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 0.05,
