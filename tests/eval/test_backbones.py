@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 import yaml
-from conftest import tiny_backbone, tiny_config
+from eval_helpers import tiny_backbone, tiny_config
 
 from arlkit.errors import ArlkitError, ConfigError
 from arlkit.eval.backbones import TimmBackbone, backbone_fingerprint, resolve_backbone

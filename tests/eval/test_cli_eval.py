@@ -7,7 +7,7 @@ import json
 import pathlib
 
 import pytest
-from conftest import eval_parser, run_cli
+from eval_helpers import eval_parser, run_cli
 
 from arlkit.errors import ConfigError, DataError
 

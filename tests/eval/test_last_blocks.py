@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from eval_helpers import tiny_backbone
 
 from arlkit.errors import ConfigError
 from arlkit.eval.features import extract_features, pool_blocks, pool_tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from eval_helpers import tiny_backbone
 
 from arlkit.errors import ConfigError
 from arlkit.eval.pca import patch_pca_rgb, pca_figure

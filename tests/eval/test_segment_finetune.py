@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from eval_helpers import tiny_backbone
 from timm.layers import DropPath
 
 from arlkit.eval.finetune import (
