@@ -38,7 +38,8 @@ def _floats(text: str) -> tuple[float, ...]:
 def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     if compare:
         p.add_argument("--backbone", action="append", required=True,
-                       help="a backbone (repeat): export, run directory, random, timm:NAME[:WEIGHTS]")
+                       help="a backbone (repeat): export, run directory, random, random:SEED, "
+                            "timm:NAME[:WEIGHTS]")
         p.add_argument("--data", action="append", required=True,
                        help="a task (repeat): synthetic:TASK or a labelled manifest/folder")
         p.add_argument("--protocol", default="linear", choices=("linear", "knn", "finetune"),
@@ -47,7 +48,8 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
                        help="metrics in the table and plots (default accuracy,auroc,dice,miou)")
     else:
         p.add_argument("--backbone", required=True,
-                       help="exported .safetensors, run directory, 'random', or timm:NAME[:WEIGHTS]")
+                       help="exported .safetensors, run directory, 'random' (init from --seed), "
+                            "'random:N' (init from seed N), or timm:NAME[:WEIGHTS]")
         p.add_argument("--data", required=True,
                        help="synthetic:breast|thyroid|gallbladder|lung|cardiac_view|cardiac_seg, "
                             "or a labelled manifest/folder")
@@ -182,7 +184,8 @@ def add_viz_pca(viz_subparsers: argparse._SubParsersAction) -> argparse.Argument
     p = viz_subparsers.add_parser(
         "pca", help="PCA of patch features as colour over images, backbones side by side")
     p.add_argument("--backbone", action="append", required=True,
-                   help="a backbone (repeat): export, run directory, random, timm:NAME[:WEIGHTS]")
+                   help="a backbone (repeat): export, run directory, random, random:SEED, "
+                            "timm:NAME[:WEIGHTS]")
     p.add_argument("--data", default="synthetic:cardiac_view",
                    help="images to show: synthetic:TASK or a manifest/folder (test split)")
     p.add_argument("--n", type=int, default=4, help="number of images (rows)")

@@ -6,8 +6,10 @@ Accepted forms:
 - a run directory (holds ``recipe.resolved.yaml``): the teacher backbone of its latest
   complete checkpoint (the student when the run has no teacher);
 - ``random``: the architecture of ``--arch`` (a recipe or an export; default
-  ``recipes/quickstart.yaml``), freshly initialised from the seed — the baseline that a
-  pretrained backbone must beat under the same protocol;
+  ``recipes/quickstart.yaml``), freshly initialised from ``--seed`` — the baseline that a
+  pretrained backbone must beat under the same protocol; ``random:N`` initialises from
+  seed ``N`` instead and leaves ``--seed`` to the protocol (label subsets, probe, bootstrap),
+  so several random inits can be compared with a pretrained backbone on identical splits;
 - ``timm:NAME[:WEIGHTS]``: a timm model with one input channel and a local weights file
   (safetensors or a torch checkpoint); nothing is ever downloaded.
 
@@ -134,13 +136,27 @@ def checkpoint_backbone(tensors: dict[str, torch.Tensor], which: str,
     return model.eval()
 
 
-def _random(arch: str | None, seed: int) -> ResolvedBackbone:
+def _init_seed(spec: str, seed: int) -> int:
+    """The initialisation seed of ``random`` (``seed``) or ``random:N`` (``N``)."""
+    if spec == "random":
+        return seed
+    text = spec[len("random:"):]
+    if not text.isdigit():
+        raise ConfigError(
+            f"--backbone {spec}: the initialisation seed must be a non-negative integer, "
+            "e.g. random:1 (plain 'random' takes it from --seed)"
+        )
+    return int(text)
+
+
+def _random(arch: str | None, seed: int, spec: str = "random") -> ResolvedBackbone:
     from arlkit.engine.export import backbone_config, build_backbone, read_export
 
+    init_seed = _init_seed(spec, seed)
     arch = arch or DEFAULT_ARCH
     if not _exists(arch):
         raise ConfigError(
-            f"--backbone random: architecture file {arch!r} does not exist (relative to "
+            f"--backbone {spec}: architecture file {arch!r} does not exist (relative to "
             f"{os.getcwd()}); pass --arch RECIPE.yaml or --arch EXPORT.safetensors"
         )
     if arch.endswith(".safetensors"):
@@ -149,9 +165,10 @@ def _random(arch: str | None, seed: int) -> ResolvedBackbone:
         from arlkit.recipe import load_recipe
 
         config = backbone_config(load_recipe(arch))
-    torch.manual_seed(seed)  # the random baseline is reproducible from --seed
+    torch.manual_seed(init_seed)  # the random baseline is reproducible from its seed
     model = build_backbone(config)
-    return ResolvedBackbone(model.eval(), "random", "random", arch, {"arch": arch, "seed": seed})
+    name = "random" if spec == "random" else f"random-{init_seed}"
+    return ResolvedBackbone(model.eval(), name, "random", arch, {"arch": arch, "seed": init_seed})
 
 
 def _timm(spec: str, seed: int) -> ResolvedBackbone:
@@ -193,10 +210,11 @@ def resolve_backbone(spec: str, arch: str | None = None, seed: int = 0) -> Resol
     """Turn a ``--backbone`` value into a model (see the module docstring for the forms).
 
     Args:
-        spec: export path, run directory, ``random`` or ``timm:NAME[:WEIGHTS]``.
+        spec: export path, run directory, ``random``, ``random:N`` or ``timm:NAME[:WEIGHTS]``.
         arch: architecture of ``random`` (a recipe or an export); default
             :data:`DEFAULT_ARCH`.
-        seed: initialisation seed of ``random`` (and of timm models without weights).
+        seed: initialisation seed of ``random`` (``random:N`` uses ``N``) and of timm
+            models without weights.
 
     Returns:
         The :class:`ResolvedBackbone`, model in eval mode on CPU.
@@ -206,14 +224,14 @@ def resolve_backbone(spec: str, arch: str | None = None, seed: int = 0) -> Resol
             missing.
         ArlkitError: a run without checkpoints or a file that is not an export.
     """
-    if spec == "random":
-        return _random(arch, seed)
+    if spec == "random" or spec.startswith("random:"):
+        return _random(arch, seed, spec)
     if spec.startswith("timm:"):
         return _timm(spec, seed)
     if not _exists(spec):
         raise ConfigError(
             f"--backbone {spec}: no such file or directory; pass an exported backbone "
-            "(.safetensors), a run directory, 'random' or 'timm:NAME[:WEIGHTS]'"
+            "(.safetensors), a run directory, 'random[:SEED]' or 'timm:NAME[:WEIGHTS]'"
         )
     if _is_dir(spec):
         return _from_run(spec)

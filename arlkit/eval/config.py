@@ -31,7 +31,7 @@ class EvalConfig:
 
     Attributes:
         protocol: ``linear``, ``knn``, ``finetune`` or ``segment``.
-        backbone: export file, run directory, ``random`` or ``timm:NAME[:WEIGHTS]``.
+        backbone: export file, run directory, ``random[:SEED]`` or ``timm:NAME[:WEIGHTS]``.
         data: ``synthetic:TASK`` or a labelled manifest / folder.
         arch: architecture of ``random`` (recipe or export).
         image_size: square input side (default: the backbone's nominal size).

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
 import torch
 import yaml
-from eval_helpers import tiny_backbone, tiny_config
+from eval_helpers import run_cli, tiny_backbone, tiny_config
 
 from arlkit.errors import ArlkitError, ConfigError
 from arlkit.eval.backbones import TimmBackbone, backbone_fingerprint, resolve_backbone
@@ -75,6 +76,27 @@ def test_random_is_seeded_and_needs_an_architecture(tiny_export: str, tmp_path: 
     monkeypatch.chdir(tmp_path)  # no recipes/quickstart.yaml here
     with pytest.raises(ConfigError, match="recipes/quickstart.yaml.*--arch"):
         resolve_backbone("random")
+
+
+def test_random_with_its_own_seed_leaves_the_protocol_seed_alone(
+        tiny_export: str, small_args: list[str], tmp_path: pathlib.Path) -> None:
+    # random:N is random initialised from N whatever --seed says; random follows --seed
+    r4 = resolve_backbone("random:4", arch=tiny_export, seed=0)
+    assert r4.name == "random-4" and r4.info["seed"] == 4
+    assert _same_weights(r4.model, resolve_backbone("random", arch=tiny_export, seed=4).model)
+    assert not _same_weights(r4.model, resolve_backbone("random", arch=tiny_export, seed=0).model)
+    for bad in ("random:", "random:-1", "random:one"):
+        with pytest.raises(ConfigError, match=f"--backbone {bad}: the initialisation seed must"):
+            resolve_backbone(bad, arch=tiny_export)
+    # through the command: same protocol seed (label subset, probe) as the pretrained backbone
+    argv = ["eval", "knn", "--arch", tiny_export, "--data", "synthetic:breast",
+            "--label-fraction", "0.5", *small_args]
+    assert run_cli([*argv, "--backbone", "random:4", "--out", str(tmp_path / "a")]) == 0
+    assert run_cli([*argv, "--backbone", "random", "--seed", "4", "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "settings.json").read_text())
+    b = json.loads((tmp_path / "b" / "settings.json").read_text())
+    assert a["backbone"]["fingerprint"] == b["backbone"]["fingerprint"]
+    assert a["seeds"]["protocol"] == 0 and b["seeds"]["protocol"] == 4
 
 
 def test_missing_path_and_unknown_timm_name() -> None:
