@@ -136,23 +136,20 @@ def checkpoint_backbone(tensors: dict[str, torch.Tensor], which: str,
     return model.eval()
 
 
-def _init_seed(spec: str, seed: int) -> int:
-    """The initialisation seed of ``random`` (``seed``) or ``random:N`` (``N``)."""
-    if spec == "random":
-        return seed
-    text = spec[len("random:"):]
-    if not text.isdigit():
-        raise ConfigError(
-            f"--backbone {spec}: the initialisation seed must be a non-negative integer, "
-            "e.g. random:1 (plain 'random' takes it from --seed)"
-        )
-    return int(text)
-
-
 def _random(arch: str | None, seed: int, spec: str = "random") -> ResolvedBackbone:
+    """``random`` initialised from ``seed``, or ``random:N`` from ``N``."""
     from arlkit.engine.export import backbone_config, build_backbone, read_export
 
-    init_seed = _init_seed(spec, seed)
+    name = "random"
+    if spec != "random":
+        text = spec[len("random:"):]
+        if not text.isdigit():
+            raise ConfigError(
+                f"--backbone {spec}: the initialisation seed must be a non-negative integer, "
+                "e.g. random:1 (plain 'random' takes it from --seed)"
+            )
+        seed = int(text)
+        name = f"random-{seed}"
     arch = arch or DEFAULT_ARCH
     if not _exists(arch):
         raise ConfigError(
@@ -165,10 +162,9 @@ def _random(arch: str | None, seed: int, spec: str = "random") -> ResolvedBackbo
         from arlkit.recipe import load_recipe
 
         config = backbone_config(load_recipe(arch))
-    torch.manual_seed(init_seed)  # the random baseline is reproducible from its seed
+    torch.manual_seed(seed)  # the random baseline is reproducible from its seed
     model = build_backbone(config)
-    name = "random" if spec == "random" else f"random-{init_seed}"
-    return ResolvedBackbone(model.eval(), name, "random", arch, {"arch": arch, "seed": init_seed})
+    return ResolvedBackbone(model.eval(), name, "random", arch, {"arch": arch, "seed": seed})
 
 
 def _timm(spec: str, seed: int) -> ResolvedBackbone:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arlkit.engine.data import share_cores
 from arlkit.errors import ConfigError, DataError
 from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint, resolve_backbone
 from arlkit.eval.config import DEFAULT_BATCH, PROTOCOLS, EvalConfig
@@ -137,8 +138,6 @@ def run_eval(
     log(f"{cfg.protocol} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"train/val/test, {size}px) with {bb.name} [{bb.kind}: {bb.source}] on {device}")
     run = run_segmentation if cfg.protocol == "segment" else run_classification
-    from arlkit.engine.data import share_cores
-
     with share_cores(device, cfg.workers):
         metrics, details = run(cfg, bb, data, device, log)
     results = {"protocol": cfg.protocol, "task": data.name, "backbone": bb.name, "data": cfg.data,

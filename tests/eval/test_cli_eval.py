@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 
 import pytest
+import torch
 from eval_helpers import eval_parser, run_cli
 
 from arlkit.errors import ConfigError, DataError
@@ -167,3 +169,30 @@ def test_folder_of_organs_is_organ_classification(tiny_export: str, small_args: 
     assert _results(out)["classes"] == ["breast", "thyroid"]
     settings = json.loads((out / "settings.json").read_text())
     assert settings["config"]["use_organ"] is False  # the organ is the answer: not given
+
+
+def test_run_eval_leaves_a_core_per_loader_worker(tiny_export: str, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # like the trainer: 2 cores and 1 loader worker -> the protocol runs PyTorch on 1 thread,
+    # and the caller's setting is back afterwards
+    import arlkit.eval.run as eval_run
+
+    seen: list[int] = []
+    protocol = eval_run.run_classification
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return protocol(*args, **kwargs)
+
+    monkeypatch.setattr(eval_run, "run_classification", spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        eval_run.run_eval(eval_run.EvalConfig(
+            protocol="linear", backbone=tiny_export, data="synthetic:breast", image_size=32,
+            n_train=16, n_val=8, n_test=16, n_boot=20, device="cpu", epochs=5, workers=1,
+            cache_dir=None, out=str(tmp_path / "out")))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

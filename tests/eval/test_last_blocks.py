@@ -81,31 +81,3 @@ def test_run_eval_records_and_caches_n_last_blocks(tiny_export: str, tmp_path: p
     with pytest.raises(ConfigError, match="n-last-blocks"):
         run_eval(EvalConfig(**common, n_last_blocks=0, out=str(tmp_path / "bad")))
 
-
-def test_run_eval_leaves_a_core_per_loader_worker(tiny_export: str, tmp_path: pathlib.Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # like the trainer: 2 cores and 1 loader worker -> the protocol runs PyTorch on 1 thread,
-    # and the caller's setting is back afterwards
-    import os
-
-    import arlkit.eval.run as eval_run
-
-    seen: list[int] = []
-    protocol = eval_run.run_classification
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return protocol(*args, **kwargs)
-
-    monkeypatch.setattr(eval_run, "run_classification", spy)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        eval_run.run_eval(eval_run.EvalConfig(
-            protocol="linear", backbone=tiny_export, data="synthetic:breast", image_size=32,
-            n_train=16, n_val=8, n_test=16, n_boot=20, device="cpu", epochs=5, workers=1,
-            cache_dir=None, out=str(tmp_path / "out")))
-        assert seen == [1] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
