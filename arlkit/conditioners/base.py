@@ -11,11 +11,20 @@ An *organ batch* is what a conditioner (and the backbone) receives as ``organ``:
 :func:`canonical_organ` validates it once and returns either the ``(B,)`` indices or the
 ``(B, K+1)`` probabilities, so a backbone with one conditioner per block checks (and
 synchronises with the GPU) once per forward, not once per block.
+
+A *condition* is an organ batch or a mapping ``{"organ": <organ batch>, key: (B, ...)
+tensor, ...}``: the organ plus per-image side information (e.g. ``"probe"``, the
+transducer type) for conditioners that read it. A conditioner names the keys it reads in
+its ``condition_keys`` class attribute; the trainer and the evaluation commands then pass
+those keys from the data (see :data:`arlkit.data.condition.CONDITION_KEYS`), and a
+backbone passes the mapping, validated by :func:`canonical_condition`, to every block's
+conditioner. Conditioners that read only the organ take ``organ_of(condition)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,9 +32,22 @@ from torch import nn
 from arlkit.errors import DataError, UnknownOrganError
 from arlkit.taxonomy import Taxonomy
 
-__all__ = ["Conditioner", "OrganBatch", "canonical_organ"]
+__all__ = [
+    "Condition",
+    "Conditioner",
+    "OrganBatch",
+    "canonical_condition",
+    "canonical_organ",
+    "organ_of",
+]
 
 OrganBatch = torch.Tensor | Sequence[str | int] | None
+Condition = OrganBatch | Mapping[str, Any]
+
+
+def organ_of(condition: Condition) -> OrganBatch:
+    """The organ batch of a condition (its ``"organ"`` entry for a mapping; None if absent)."""
+    return condition.get("organ") if isinstance(condition, Mapping) else condition
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -101,16 +123,51 @@ def canonical_organ(
     return probs
 
 
-class Conditioner(nn.Module):
-    """Base of the built-in conditioners: ``forward(organ, batch_size) -> (B, dim)``.
+def canonical_condition(
+    condition: Condition,
+    batch_size: int,
+    taxonomy: Taxonomy,
+    device: torch.device | None = None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Validate a condition: :func:`canonical_organ` for an organ batch; for a mapping, a dict
+    with the canonical ``"organ"`` and every other entry checked to be a tensor with one row
+    per image (moved to ``device``).
 
-    Subclasses implement :meth:`encode` on a canonical batch; :meth:`forward` validates
-    first. Third-party conditioners need only ``forward`` (the backbone falls back to it).
+    Raises:
+        UnknownOrganError, DataError: see :func:`canonical_organ`; an entry that is not a
+            tensor of ``batch_size`` rows (the message names the key).
+    """
+    if not isinstance(condition, Mapping):
+        return canonical_organ(condition, batch_size, taxonomy, device)
+    out = {"organ": canonical_organ(condition.get("organ"), batch_size, taxonomy, device)}
+    for key, value in condition.items():
+        if key == "organ":
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch_size:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise DataError(
+                f"condition {key!r}: expected a tensor with {batch_size} rows (one per image), "
+                f"got {got}"
+            )
+        out[key] = value if device is None else value.to(device)
+    return out
+
+
+class Conditioner(nn.Module):
+    """Base of the built-in conditioners: ``forward(condition, batch_size) -> (B, dim)``.
+
+    Subclasses implement :meth:`encode` on a canonical organ batch; :meth:`forward`
+    validates first. Third-party conditioners need only ``forward`` (the backbone calls it
+    with the whole condition, a mapping when the data gives side information) and, to be
+    fed side information in training and evaluation, ``condition_keys``.
 
     Args:
         dim: width ``C`` of the context vector.
         taxonomy: organ classes (default: the 16 built-in organs plus ``unknown``).
     """
+
+    #: per-image side information read beside the organ (keys of a condition mapping)
+    condition_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, taxonomy: Taxonomy | None = None) -> None:
         super().__init__()
@@ -125,11 +182,11 @@ class Conditioner(nn.Module):
         """Context vectors ``(B, dim)`` for a canonical batch (see :func:`canonical_organ`)."""
         raise NotImplementedError
 
-    def forward(self, organ: OrganBatch, batch_size: int) -> torch.Tensor:
-        """Context vectors ``(B, dim)`` for an organ batch.
+    def forward(self, condition: Condition, batch_size: int) -> torch.Tensor:
+        """Context vectors ``(B, dim)`` for an organ batch (or a condition mapping's organ).
 
         Raises:
             UnknownOrganError, DataError: see :func:`canonical_organ`.
         """
         device = next(self.parameters()).device
-        return self.encode(canonical_organ(organ, batch_size, self.taxonomy, device))
+        return self.encode(canonical_organ(organ_of(condition), batch_size, self.taxonomy, device))

@@ -31,6 +31,9 @@ class Step:
         n_global, n_local: views per image.
         global_clean: ``(V_g·B, C, S, S)`` the global crops before intensity augmentation
             (views with ``clean_global: true``), or None.
+        side: per-image side information ``(B, ...)`` the backbone's conditioners read
+            beside the organ (e.g. ``probe``; :mod:`arlkit.data.condition`); empty when
+            they read the organ alone.
         teacher: outputs of the EMA teacher, keyed by objective (no gradient).
         cache: student outputs shared between objectives.
         teacher_cache: teacher backbone outputs shared between objectives.
@@ -46,6 +49,7 @@ class Step:
     n_global: int
     n_local: int
     global_clean: Tensor | None = None
+    side: dict[str, Tensor] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     teacher_cache: dict[str, Any] = field(default_factory=dict)
@@ -58,11 +62,19 @@ class Step:
         """Organ indices repeated for ``n_views`` view-major views: ``(n_views·B,)``."""
         return self.organ.repeat(n_views)
 
+    def condition_for(self, n_views: int) -> Tensor | dict[str, Tensor]:
+        """What the backbone takes as ``organ`` for ``n_views`` view-major views: the organ
+        indices, or a condition mapping with the side information, repeated alike."""
+        if not self.side:
+            return self.organ_for(n_views)
+        repeat = {k: v.repeat(n_views, *(1,) * (v.dim() - 1)) for k, v in self.side.items()}
+        return {"organ": self.organ_for(n_views), **repeat}
+
     def student_global(self, student: nn.Module) -> Tensor:
         """Student tokens of the (masked) global views ``(V_g·B, 1+T, C)``, computed once."""
         if "global" not in self.cache:
             self.cache["global"] = student.backbone.forward_features(
-                self.global_views, self.organ_for(self.n_global), mask=self.mask
+                self.global_views, self.condition_for(self.n_global), mask=self.mask
             )
         return self.cache["global"]
 
@@ -75,7 +87,7 @@ class Step:
         """
         if "global" not in self.teacher_cache:
             self.teacher_cache["global"] = teacher.backbone.forward_features(
-                self.global_views, self.organ_for(self.n_global)
+                self.global_views, self.condition_for(self.n_global)
             )
         return self.teacher_cache["global"]
 
@@ -85,6 +97,6 @@ class Step:
             return None
         if "local" not in self.cache:
             self.cache["local"] = student.backbone.forward_features(
-                self.local_views, self.organ_for(self.n_local)
+                self.local_views, self.condition_for(self.n_local)
             )
         return self.cache["local"]

@@ -57,6 +57,8 @@ class Trainer:
         recipe = comps.recipe
         self.recipe = recipe
         self.student = comps.student.to(device)
+        # side information the conditioners read (e.g. probe), taken from every batch
+        self.condition_keys = tuple(getattr(self.student.backbone, "condition_keys", ()))
         self.teacher = comps.teacher.to(device) if comps.teacher is not None else None
         for obj in comps.objectives:
             obj.to(device)
@@ -177,9 +179,10 @@ class Trainer:
             gb = self.plan.global_batch
             rows = (torch.arange(n_global)[:, None] * gb + batch["pos"][None, :]).reshape(-1)
             mask = mask_full[rows].to(dev)  # (V_g·b, N) view-major like the views
+        side = {k: batch[k].to(dev, non_blocking=True) for k in self.condition_keys}
         return Step(self.step, self.plan.epoch_of(self.step), global_views, local_views,
                     batch["organ"].to(dev), mask, self.c.context.grid, n_global, n_local,
-                    global_clean)
+                    global_clean, side)
 
     def _global_mask(self, n_global: int) -> torch.Tensor | None:
         g = torch.Generator().manual_seed(seed_for(self.recipe.seed, self.step, 7))

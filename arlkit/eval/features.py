@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from arlkit.data.condition import batch_condition, probe_indices
 from arlkit.errors import ConfigError
 
 __all__ = [
@@ -80,7 +81,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack sample dicts into a batch; samples marked ``valid: False`` (bad files) are dropped.
 
     Returns:
-        ``{"image": (B, 1, H, W), "organ": (B,), "label": (B,)}`` plus ``"mask": (B, H, W)``
+        ``{"image": (B, 1, H, W), "organ": (B,), "probe": (B,), "label": (B,)}`` (``probe``:
+        see :mod:`arlkit.data.condition`) plus ``"mask": (B, H, W)``
         when the samples have masks, and ``"dropped": int``.
     """
     good = [s for s in samples if s.get("valid", True)]
@@ -89,6 +91,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return batch
     batch["image"] = torch.stack([s["image"] for s in good]).float()
     batch["organ"] = torch.tensor([int(s["organ"]) for s in good], dtype=torch.long)
+    batch["probe"] = probe_indices(good)
     batch["label"] = torch.tensor([int(s.get("label", -1)) for s in good], dtype=torch.long)
     if all("mask" in s for s in good):
         batch["mask"] = torch.stack([torch.as_tensor(s["mask"]).long() for s in good])
@@ -142,8 +145,7 @@ def _blocks_and_norm(backbone: nn.Module) -> tuple[Any, nn.Module]:
     )
 
 
-def _last_block_tokens(backbone: nn.Module, images: torch.Tensor, organ: torch.Tensor | None,
-                       n: int) -> list[torch.Tensor]:
+def _last_block_tokens(backbone: nn.Module, images: torch.Tensor, organ: Any, n: int) -> list[torch.Tensor]:
     """Normed outputs ``(B, prefix+N, C)`` of the last ``n`` blocks, in block order."""
     blocks, norm = _blocks_and_norm(backbone)
     if not 1 <= n <= len(blocks):
@@ -186,7 +188,8 @@ def extract_features(
         backbone: follows the backbone contract (``forward_features(x, organ)``).
         dataset: map-style dataset of sample dicts.
         pool: ``cls``, ``avg`` or ``cls+avg``.
-        use_organ: pass each sample's organ index (else ``None``: unknown).
+        use_organ: pass each sample's organ index, with the side information the
+            backbone's conditioners read (``condition_keys``; else ``None``: unknown).
         batch_size: images per forward pass.
         device: where the backbone runs.
         num_workers: DataLoader workers.
@@ -208,10 +211,11 @@ def extract_features(
                         collate_fn=collate_samples)
     feats, labels, organs = [], [], []
     prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+    keys = tuple(getattr(backbone, "condition_keys", ()))
     for batch in loader:
         if "image" not in batch:
             continue
-        organ = batch["organ"].to(device) if use_organ else None
+        organ = batch_condition(batch, keys, device) if use_organ else None
         images = batch["image"].to(device)
         if n_last_blocks == 1:
             tokens = backbone.forward_features(images, organ)  # (B, 1+N, C)

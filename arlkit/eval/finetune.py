@@ -21,6 +21,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader
 
+from arlkit.data.condition import batch_condition
 from arlkit.errors import ConfigError
 from arlkit.eval.features import collate_samples, pool_tokens
 
@@ -143,8 +144,13 @@ class Classifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor, organ: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, 1, H, W)``."""
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """Side information the backbone's conditioners read (see :mod:`arlkit.data.condition`)."""
+        return tuple(getattr(self.backbone, "condition_keys", ()))
+
+    def forward(self, x: torch.Tensor, organ: Any = None) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, 1, H, W)``; ``organ``: the condition."""
         tokens = self.backbone.forward_features(x, organ if self.use_organ else None)
         return self.head(pool_tokens(tokens, int(self.backbone.num_prefix_tokens), self.pool))
 
@@ -185,6 +191,12 @@ def schedule(epochs: int, steps: int | None, per_epoch: int) -> tuple[int, int]:
     return epochs, epochs * per_epoch
 
 
+def condition(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Any:
+    """The condition of a batch for ``model`` (organ indices, plus the side information its
+    backbone's conditioners read)."""
+    return batch_condition(batch, getattr(model, "condition_keys", ()), device)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, C), labels (N,))`` of a classifier over a loader."""
@@ -192,7 +204,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple
     probs, labels = [], []
     for batch in loader:
         if "image" in batch:
-            probs.append(model(batch["image"].to(device), batch["organ"].to(device)).softmax(-1).cpu())
+            probs.append(model(batch["image"].to(device), condition(model, batch, device)).softmax(-1).cpu())
             labels.append(batch["label"])
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
@@ -319,7 +331,7 @@ def finetune_classifier(
     loss_fn = nn.CrossEntropyLoss()
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor:
-        logits = model(batch["image"].to(device), batch["organ"].to(device))
+        logits = model(batch["image"].to(device), condition(model, batch, device))
         return loss_fn(logits, batch["label"].to(device))
 
     def score() -> float:

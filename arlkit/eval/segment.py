@@ -22,6 +22,7 @@ from torch import nn
 from arlkit.errors import ConfigError
 from arlkit.eval.finetune import (
     batches,
+    condition,
     fit_best_epoch,
     make_optimizer,
     schedule,
@@ -104,8 +105,13 @@ class SegmentationModel(nn.Module):
             backbone.requires_grad_(False)
         self.head = UPerNet(int(backbone.embed_dim), num_classes, channels)
 
-    def forward(self, x: torch.Tensor, organ: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(B, K, H, W)`` of images ``(B, 1, H, W)``."""
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """Side information the backbone's conditioners read (see :mod:`arlkit.data.condition`)."""
+        return tuple(getattr(self.backbone, "condition_keys", ()))
+
+    def forward(self, x: torch.Tensor, organ: Any = None) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` of images ``(B, 1, H, W)``; ``organ``: the condition."""
         unique = sorted(set(self.indices))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             feats = self.backbone.forward_intermediates(
@@ -142,7 +148,7 @@ def predict_masks(model: nn.Module, loader: Any, device: torch.device) -> tuple[
     preds, masks = [], []
     for batch in loader:
         if "image" in batch:
-            preds.append(model(batch["image"].to(device), batch["organ"].to(device)).argmax(1).cpu())
+            preds.append(model(batch["image"].to(device), condition(model, batch, device)).argmax(1).cpu())
             masks.append(batch["mask"])
     return torch.cat(preds).numpy(), torch.cat(masks).numpy()
 
@@ -212,7 +218,7 @@ def train_segmentation(
     def loss_of(batch: dict[str, Any]) -> torch.Tensor | None:
         if batch["image"].shape[0] < 2:  # BatchNorm
             return None
-        logits = model(batch["image"].to(device), batch["organ"].to(device))
+        logits = model(batch["image"].to(device), condition(model, batch, device))
         mask = batch["mask"].to(device)
         # cross-entropy + Dice: small structures (the LV) are not drowned by background
         return loss_fn(logits, mask) + soft_dice_loss(logits, mask)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
 
-from arlkit.conditioners.base import Conditioner
+from arlkit.conditioners.base import Condition, Conditioner, organ_of
 from arlkit.errors import ConfigError
 from arlkit.ops import DeformOp
 
@@ -185,20 +185,21 @@ class ACDTBlock(nn.Module):
             identity_deform_weight(dim, kernel_size, groups[channel_mixing])
         )
 
-    def context(self, organ: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    def context(self, organ: Condition, batch_size: int) -> torch.Tensor | None:
         """The anatomical context ``(B, C)``, or ``None`` when conditioning is off.
 
-        ``organ`` should already be canonical (:func:`arlkit.conditioners.canonical_organ`);
-        built-in conditioners then skip re-validation.
+        ``organ`` (an organ batch or a condition mapping) should already be canonical
+        (:func:`arlkit.conditioners.canonical_condition`); built-in conditioners then skip
+        re-validation, other conditioners receive the whole condition.
         """
         if self.conditioner is None:
             return None
-        if isinstance(self.conditioner, Conditioner) and organ is not None:
-            return self.conditioner.encode(organ)
+        if isinstance(self.conditioner, Conditioner) and organ_of(organ) is not None:
+            return self.conditioner.encode(organ_of(organ))
         return self.conditioner(organ, batch_size)
 
     def sample(
-        self, h: torch.Tensor, grid_size: tuple[int, int], organ: torch.Tensor | None
+        self, h: torch.Tensor, grid_size: tuple[int, int], organ: Condition
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deformed grid tokens of normed tokens ``h (B, P+N, C)``.
 
@@ -219,14 +220,15 @@ class ACDTBlock(nn.Module):
         self,
         x: torch.Tensor,
         grid_size: tuple[int, int] | None = None,
-        organ: torch.Tensor | None = None,
+        organ: Condition = None,
     ) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: tokens ``(B, P+N, C)``.
             grid_size: ``(H, W)`` with ``H·W = N``; needed when deformable.
-            organ: organ batch, preferably canonical (``(B,)`` long or ``(B, K+1)``).
+            organ: organ batch, preferably canonical (``(B,)`` long or ``(B, K+1)``), or a
+                condition mapping (:mod:`arlkit.conditioners.base`).
 
         Returns:
             ``(B, P+N, C)``.

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from arlkit.conditioners.base import OrganBatch, canonical_organ
+from arlkit.conditioners.base import Condition, canonical_condition
 from arlkit.errors import ConfigError, DataError
 from arlkit.models.acdt import ACDTBlock, ChannelMixing
 from arlkit.taxonomy import Taxonomy
@@ -277,10 +277,22 @@ class AViT(nn.Module):
             return torch.cat([cls, tokens], 1), None
         return torch.cat([cls, tokens], 1), grid
 
-    def _organ(self, organ: OrganBatch, batch: int, device: torch.device) -> torch.Tensor | None:
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """Side information the blocks' conditioners read beside the organ (e.g. ``probe``):
+        the keys a condition mapping should carry (see :mod:`arlkit.conditioners.base`)."""
+        keys: dict[str, None] = {}
+        if self.conditioned:
+            for blk in self.blocks:
+                keys.update(dict.fromkeys(getattr(blk.conditioner, "condition_keys", ())))
+        return tuple(keys)
+
+    def _organ(
+        self, organ: Condition, batch: int, device: torch.device
+    ) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if not self.conditioned:
             return None
-        return canonical_organ(organ, batch, self.taxonomy, device)
+        return canonical_condition(organ, batch, self.taxonomy, device)
 
     def _run_block(
         self, blk: nn.Module, x: torch.Tensor, grid: tuple[int, int] | None, organ: Any
@@ -291,13 +303,14 @@ class AViT(nn.Module):
 
     # -- forward --------------------------------------------------------------------------
     def forward_features(
-        self, x: torch.Tensor, organ: OrganBatch = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, organ: Condition = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Final-normed tokens.
 
         Args:
             x: images ``(B, in_chans, H, W)``, sides multiples of ``patch_size``.
-            organ: organ batch (``None``: unknown); see :mod:`arlkit.conditioners.base`.
+            organ: organ batch (``None``: unknown) or condition mapping (the organ plus side
+                information such as ``probe``); see :mod:`arlkit.conditioners.base`.
             mask: ``(B, N)`` bool, True = masked patch (see ``mask_mode``).
 
         Returns:
@@ -317,14 +330,14 @@ class AViT(nn.Module):
         pooled = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor, organ: OrganBatch = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, organ: Condition = None) -> torch.Tensor:
         """Pooled embedding ``(B, C)`` (logits ``(B, num_classes)`` when a head is set)."""
         return self.forward_head(self.forward_features(x, organ))
 
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        organ: OrganBatch = None,
+        organ: Condition = None,
         indices: int | list[int] | None = 4,
         norm: bool = False,
         output_fmt: str = "NCHW",

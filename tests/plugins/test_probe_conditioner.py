@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import pathlib
 
 import pytest
 import torch
 
 from arlkit.errors import ConfigError
 from arlkit.taxonomy import Taxonomy
+
+QUICKSTART = str(pathlib.Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml")
 
 arlkit_probe = pytest.importorskip(
     "arlkit_probe", reason="install the plugin: pip install -e plugins/arlkit-probe"
@@ -62,3 +65,34 @@ def test_bad_inputs_raise():
         cond({"probe": torch.tensor([7])}, 1)
     with pytest.raises(ConfigError, match="max_depth_cm must be > 0"):
         arlkit_probe.ProbeConditioner(dim=4, taxonomy=Taxonomy(), max_depth_cm=0)
+
+
+def test_training_feeds_each_image_s_probe(tmp_path):
+    """A recipe with ``conditioner: probe`` trains the rows of the probes in its data (the
+    synthetic corpus drawn with linear and convex probes only) and no other row."""
+    import io
+
+    from arlkit.engine import checkpoint as ckpt
+    from arlkit.engine.run import run_recipe
+
+    toy = ["model.backbone.params.embed_dim=32", "model.backbone.params.depth=2",
+           "model.backbone.params.num_heads=2", "model.backbone.params.img_size=32",
+           "data.dataset.params.size=48", "data.dataset.params.length=32",
+           "data.dataset.params.probes=[linear,convex]", "data.batch_size=4",
+           "data.num_workers=0", "data.views.params.global_size=32",
+           "data.views.params.local_size=16", "objectives.self_distillation.params.out_dim=32",
+           "optim.warmup_steps=0", "train.steps=2", "train.device=cpu",
+           "model.conditioner.name=probe", f"run_dir={tmp_path / 'run'}"]
+    assert run_recipe(QUICKSTART, toy, stream=io.StringIO()) == 0
+    tensors, _, _ = ckpt.read_checkpoint(str(tmp_path / "run" / "checkpoints" / "step-00000002"))
+    rows = tensors["student.backbone.blocks.0.conditioner.probe_embed.weight"].abs().sum(1)
+    names = [*arlkit_probe.PROBE_TYPES, "not recorded"]
+    trained = {n for n, r in zip(names, rows.tolist(), strict=True) if r > 0}
+    assert trained == {"linear", "convex"}
+
+
+def test_probe_types_follow_arlkit_data():
+    from arlkit.data.manifest import PROBES
+
+    assert (*arlkit_probe.PROBE_TYPES, "unknown") == PROBES
+    assert arlkit_probe.ProbeConditioner.condition_keys == ("probe",)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from arlkit.data.manifest import PROBES
 from arlkit.errors import ConfigError
 from arlkit.taxonomy import Taxonomy
 
 __all__ = ["PROBE_TYPES", "ProbeConditioner"]
 
-PROBE_TYPES: tuple[str, ...] = ("linear", "convex", "phased")
+#: the probe types of arlkit's data, in the index order of its batches' ``probe`` entry
+#: (:mod:`arlkit.data.condition`); the index after the last means "not recorded"
+PROBE_TYPES: tuple[str, ...] = tuple(p for p in PROBES if p != "unknown")
 
 
 class ProbeConditioner(nn.Module):
@@ -22,13 +26,21 @@ class ProbeConditioner(nn.Module):
     ``AC = W_o·onehot(organ) + E[probe] + W_d·fourier(depth / max_depth)``; unknown organ
     gives a zero one-hot, unknown probe its own learned row, unknown depth (NaN) zero features.
 
+    In training and evaluation arlkit feeds the ``probe`` of every image (``condition_keys``:
+    the manifest's ``probe`` column, or the synthetic corpus's probe); the imaging depth has
+    no data column, so it is used when a caller passes ``depth_cm`` through the backbone
+    (``backbone.forward_features(x, {"organ": ..., "probe": ..., "depth_cm": ...})``).
+
     Args:
         dim: model width C (injected).
         taxonomy: organ classes (injected).
-        probes: probe type names, in index order.
+        probes: probe type names, in the index order of the ``probe`` entry; keep the
+            default when arlkit's batches feed it.
         max_depth_cm: depth that maps to 1.0 before the Fourier features.
         depth_frequencies: number of sin/cos frequency pairs for the depth.
     """
+
+    condition_keys: ClassVar[tuple[str, ...]] = ("probe",)
 
     def __init__(
         self,
