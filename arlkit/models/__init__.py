@@ -1,9 +1,37 @@
-"""Models: the ACDT block, the A-ViT backbone, offset networks (and heads, decoders, ...).
+"""Models: the ACDT block, the A-ViT backbone, offset networks, heads, decoders, UPerNet.
 
-Submodules are imported on demand (``from arlkit.models.avit import AViT``) so that
-importing one model does not import the others.
+The main classes are importable from here (``from arlkit.models import AViT``); each is
+imported from its submodule on first access, so importing one model does not import the
+others.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import importlib
+from typing import Any
+
+#: public name → submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ACDTBlock": "acdt",
+    "AViT": "avit",
+    "DINOHead": "heads",
+    "DWConvOffsetNet": "offset_net",
+    "MIMDecoder": "decoders",
+    "PatchDiscriminator": "discriminator",
+    "UPerNet": "upernet",
+    "resize_to_patch_multiple": "avit",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'arlkit.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"arlkit.models.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

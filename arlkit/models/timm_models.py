@@ -42,7 +42,7 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create(size: str, pretrained: bool, **kwargs: Any) -> AViT:
+def _create(size: str, pretrained: bool, /, **kwargs: Any) -> AViT:
     if kwargs.pop("features_only", False):
         raise ConfigError(
             f"avit_{size}_patch16_224: features_only is not supported; call "
@@ -55,6 +55,12 @@ def _create(size: str, pretrained: bool, **kwargs: Any) -> AViT:
             f"avit_{size}_patch16_224: arlkit ships no pretrained weights and downloads none; "
             "pass pretrained_cfg_overlay=dict(file='backbone.safetensors') with a file written "
             "by 'arlkit export', or pretrained=False"
+        )
+    asked = kwargs.pop("size", size)  # an export's architecture arguments carry it
+    if asked != size:
+        raise ConfigError(
+            f"avit_{size}_patch16_224: size={asked!r} contradicts the model name; create "
+            f"'avit_{asked}_patch16_224' instead"
         )
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     model = build_model_with_cfg(AViT, f"avit_{size}_patch16_224", pretrained, size=size, **kwargs)

@@ -139,13 +139,13 @@ def test_export_loads_in_arlkit_and_timm(toy, tmp_path):
     with torch.no_grad():
         ref = model.forward_features(x, organ)
     _, config, _ = read_export(str(out))
-    p = config["backbone"]["params"]
-    tm = timm.create_model(
-        "avit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(out)},
-        embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
-        patch_size=p["patch_size"], img_size=p["img_size"]).eval()
+    arch = config["backbone"]["params"]  # the README's form: every architecture argument
+    tm = timm.create_model(f"avit_{arch['size']}_patch16_224", pretrained=True,
+                           pretrained_cfg_overlay={"file": str(out)}, **arch).eval()
     with torch.no_grad():
         assert torch.allclose(tm.forward_features(x, organ), ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="size='tiny' contradicts the model name"):
+        timm.create_model("avit_base_patch16_224", **arch)
 
 
 def test_resume_reads_only_complete_checkpoints_after_copying(toy, tmp_path):
