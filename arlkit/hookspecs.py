@@ -56,7 +56,12 @@ def arlkit_register_offset_nets(register: Registrar) -> None:
 
 @hookspec
 def arlkit_register_losses(register: Registrar) -> None:
-    """Register loss modules (MIM, adversarial, self-distillation, ...)."""
+    """Register loss modules (MIM, adversarial, self-distillation, ...).
+
+    The losses registry is a catalogue (``arlkit list losses``, ``registry.build(name)`` from
+    your own code); a recipe's ``objectives:`` names objectives, so a loss is trained by a
+    recipe through an objective registered with :func:`arlkit_register_objectives`.
+    """
 
 
 @hookspec
@@ -71,7 +76,11 @@ def arlkit_register_backbones(register: Registrar) -> None:
 
 @hookspec
 def arlkit_register_heads(register: Registrar) -> None:
-    """Register heads (decoders, projection heads, classifiers). Factories receive ``in_dim``."""
+    """Register heads (decoders, projection heads, classifiers). Factories receive ``in_dim``.
+
+    Like the losses registry, a catalogue for code that builds heads by name; the built-in
+    objectives build their own heads, and a recipe swaps a head by naming an objective.
+    """
 
 
 @hookspec

@@ -10,7 +10,8 @@ explicit :func:`load`) loads everything once.
 Environment:
     ARLKIT_DISABLE_PLUGINS: comma-separated plugin (entry-point) or distribution names
         not to load; ``all`` blocks every external plugin. Built-ins always load.
-    ARLKIT_TRACE_PLUGINS: when set to ``1``, pluggy's hook-call trace goes to stderr.
+    ARLKIT_TRACE_PLUGINS: when set to ``1``, every registration hook call is written to
+        stderr (plugin, hook, the names it added).
 
 A plugin that fails to import, does not match the hook specifications, or registers
 something invalid is reported (warning + ``arlkit plugins``) with its name and
@@ -122,9 +123,9 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self._loaded = False
         self._lock = threading.RLock()
-        if self.environ.get("ARLKIT_TRACE_PLUGINS") == "1":
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
+        # registration hooks are called one implementation at a time (to attribute and roll
+        # back what each plugin adds), which pluggy's own tracing does not see
+        self.trace = self.environ.get("ARLKIT_TRACE_PLUGINS") == "1"
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -198,6 +199,18 @@ class PluginHost:
             for hook, caller in vars(self.pm.hook).items()
             if any(i.plugin_name == name for i in caller.get_hookimpls())
         )
+        unmarked = sorted(
+            attr for attr in dir(obj)
+            if attr.startswith("arlkit_") and callable(getattr(obj, attr, None))
+            and not hasattr(getattr(obj, attr), f"{hookspecs.PROJECT}_impl")
+        )  # fmt: skip
+        if unmarked:
+            return self._fail(
+                info,
+                f"{', '.join(unmarked)} not marked as hook implementation(s), so arlkit would "
+                "never call them; decorate each with @hookimpl (from arlkit.hookspecs import "
+                "hookimpl)",
+            )
         unknown = [hook for hook in info.hooks if getattr(self.pm.hook, hook).spec is None]
         if unknown:
             known = sorted(h for h, c in vars(self.pm.hook).items() if c.spec is not None)
@@ -233,6 +246,11 @@ class PluginHost:
                     )
                     return
                 added += [(kind, n) for n in registrar.added]
+                if self.trace:
+                    sys.stderr.write(
+                        f"arlkit plugins: {info.name}.arlkit_register_{kind}() added "
+                        f"{', '.join(registrar.added) or 'nothing'}\n"
+                    )
                 if registrar.added:
                     info.registered.setdefault(kind, []).extend(registrar.added)
 

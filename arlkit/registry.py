@@ -150,7 +150,8 @@ class Registry(Generic[T]):
             raise DuplicateComponentError(self.kind, name, self._entries[name].provider, provider)
         params = params_model_from_signature(name, factory, self.injected)
         doc = inspect.getdoc(factory) or ""
-        self._entries[name] = Entry(name, factory, provider, params, doc.split("\n", 1)[0])
+        summary = " ".join(doc.split("\n\n", 1)[0].split())  # the first paragraph
+        self._entries[name] = Entry(name, factory, provider, params, summary)
         return factory
 
     def mark_conflict(self, name: str, first: str, second: str) -> None:

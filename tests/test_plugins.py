@@ -118,3 +118,26 @@ def test_failures_warn_once_on_load():
     host._loaded = False
     with pytest.warns(PluginWarning, match="plugin 'x' \\(distribution xdist\\)"):
         host.load()
+
+
+def test_hook_function_without_hookimpl_marker_fails_the_plugin_with_the_fix():
+    host, regs = fresh_host(builtins=())
+
+    def arlkit_register_losses(register):  # forgot @hookimpl: pluggy would ignore it
+        register.add("forgotten", lambda: 0)
+
+    info = host.register(types.SimpleNamespace(arlkit_register_losses=arlkit_register_losses),
+                         name="unmarked")
+    assert info.status == "failed"
+    assert "arlkit_register_losses not marked as hook implementation" in info.error
+    assert "@hookimpl" in info.error
+    assert "forgotten" not in regs.losses
+
+
+def test_trace_writes_each_registration_call(capsys):
+    host, _ = fresh_host(builtins=(), environ={"ARLKIT_TRACE_PLUGINS": "1"})
+    host.register(make_plugin("traced", a=lambda: 1, b=lambda: 2), name="traced")
+    assert "arlkit plugins: traced.arlkit_register_losses() added a, b" in capsys.readouterr().err
+    quiet, _ = fresh_host(builtins=(), environ={})
+    quiet.register(make_plugin("quiet", c=lambda: 1), name="quiet")
+    assert capsys.readouterr().err == ""

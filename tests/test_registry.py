@@ -98,3 +98,27 @@ def test_registries_have_every_kind_and_lazy_loader_runs_on_read():
     assert calls == [1]
     with pytest.raises(UnknownComponentError, match="did you mean 'losses'"):
         regs["loses"]
+
+
+def test_summary_is_the_whole_first_paragraph_of_the_docstring():
+    def wrapped(x: int = 1) -> int:
+        """A summary that wraps
+        onto a second line [with brackets].
+
+        Details that are not part of it.
+        """
+        return x
+
+    reg: Registry = Registry("losses")
+    reg.add("wrapped", wrapped)
+    assert reg.get("wrapped").summary == "A summary that wraps onto a second line [with brackets]."
+
+
+def test_list_shows_bracketed_text_literally(capsys, monkeypatch):
+    from arlkit.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+
+    assert main(["list", "objectives", "--pattern", "speckle_gan"]) == 0
+    out = "".join(capsys.readouterr().out.split()).replace("│", "")
+    assert "-E[logD(x̂)]" in out  # rich markup would have eaten the bracketed part

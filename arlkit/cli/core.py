@@ -139,13 +139,14 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         console().print_json(json.dumps(rows))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="arlkit components", show_lines=False)
     for column in ("kind", "name", "provider", "params", "summary"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(row[c] for c in ("kind", "name", "provider", "params", "summary")))
+        table.add_row(*(escape(row[c]) for c in ("kind", "name", "provider", "params", "summary")))
     console().print(table)
     return 0
 
@@ -174,6 +175,7 @@ def _plugins(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="arlkit plugins")
@@ -182,7 +184,8 @@ def _plugins(args: argparse.Namespace) -> int:
     for p in infos:
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
         hooks = ", ".join(h.removeprefix("arlkit_") for h in p.hooks)
-        table.add_row(p.name, p.dist, p.version, p.source, p.status, hooks, p.error or registered)
+        cells = (p.name, p.dist, p.version, p.source, p.status, hooks, p.error or registered)
+        table.add_row(*map(escape, cells))  # third-party text is not rich markup
     console().print(table)
     return 0
 
