@@ -4,7 +4,8 @@ Call signature shared by all balancers::
 
     total, weights = balancer(losses: dict[str, Tensor], param: Tensor)
 
-Importing this package needs only torch.
+The balancers use only torch and take a dict of plain loss tensors (importing them imports
+``arlkit``, which registers its models with timm).
 """
 
 from __future__ import annotations

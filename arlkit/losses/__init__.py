@@ -1,8 +1,9 @@
 """The triple objective of ARL as stand-alone losses: MIM, speckle GAN, self-distillation
 (plus, beyond the paper, iBOT's masked patch distillation and DINOv2's KoLeo regulariser).
 
-Importing this package needs only torch (and numpy for block masks); use the losses
-in any PyTorch training loop::
+The losses use only torch (and numpy for block masks) and take plain tensors, so they
+drop into any PyTorch training loop (importing them imports ``arlkit``, which registers
+its models with timm); masks are bool or 0/1 (1 = masked)::
 
     from arlkit.losses import MaskGenerator, SpeckleGANLoss, mim_loss
 """
@@ -19,7 +20,7 @@ from arlkit.losses.adversarial import (
 )
 from arlkit.losses.distill import PatchDistillationLoss, SelfDistillationLoss, teacher_temperature
 from arlkit.losses.koleo import KoLeoLoss, koleo_loss
-from arlkit.losses.masking import MaskGenerator
+from arlkit.losses.masking import MaskGenerator, as_bool_mask
 from arlkit.losses.mim import MIMLoss, mim_loss, normalize_patches, patchify, unpatchify
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "PatchDistillationLoss",
     "SelfDistillationLoss",
     "SpeckleGANLoss",
+    "as_bool_mask",
     "discriminator_bce_loss",
     "discriminator_hinge_loss",
     "generator_adv_loss",

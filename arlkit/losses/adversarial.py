@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arlkit.errors import ConfigError
+from arlkit.losses.masking import as_bool_mask
 from arlkit.losses.mim import normalize_patches
 
 __all__ = [
@@ -115,7 +116,7 @@ def masked_patch_pairs(
     Args:
         pred: predicted patches ``(B, N, P·P·C)`` (:func:`~arlkit.losses.mim.patchify` order).
         target: real patches ``(B, N, P·P·C)``, raw pixels.
-        mask: ``(B, N)`` bool, True = masked.
+        mask: ``(B, N)`` bool, True = masked (or 0/1, 1 = masked).
         patch_size: ``P``.
         norm_pix: the predictions are per-patch standardised (MIM with ``norm_pix``):
             standardise the real patches the same way, so that ``D`` compares like
@@ -128,6 +129,7 @@ def masked_patch_pairs(
     Raises:
         ConfigError: mismatched shapes.
     """
+    mask = as_bool_mask(mask, "masked_patch_pairs")
     if pred.shape != target.shape or pred.ndim != 3 or mask.shape != pred.shape[:2]:
         raise ConfigError(
             f"masked_patch_pairs: expected pred and target (B, N, P*P*C) and mask (B, N), got "

@@ -15,8 +15,11 @@ views first, in the same order, then any local views.
 
 Example::
 
-    loss_fn = SelfDistillationLoss(out_dim=65536, warmup_teacher_temp_steps=3000)
+    loss_fn = SelfDistillationLoss(out_dim=65536, teacher_temp=0.07,
+                                   warmup_teacher_temp=0.04, warmup_teacher_temp_steps=3000)
     loss = loss_fn(student_head(student(views)), teacher_head(teacher(globals)), step)
+
+``step`` (the optimizer step) drives the warm-up; without a warm-up it may be left out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arlkit.errors import ConfigError
+from arlkit.losses.masking import as_bool_mask
 
 __all__ = ["PatchDistillationLoss", "SelfDistillationLoss", "teacher_temperature"]
 
@@ -82,13 +86,25 @@ class _CenteredDistillation(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(*center_shape, out_dim))
 
-    def teacher_temp_at(self, step: int) -> float:
-        """Teacher temperature at ``step`` (see :func:`teacher_temperature`)."""
+    def teacher_temp_at(self, step: int | None) -> float:
+        """Teacher temperature at ``step`` (see :func:`teacher_temperature`); ``None``: the
+        temperature after the warm-up, allowed only when there is no warm-up.
+
+        Raises:
+            ConfigError: ``step`` is None but the loss has a warm-up to follow.
+        """
+        if step is None:
+            if self.warmup_teacher_temp_steps > 0 and self.warmup_teacher_temp != self.teacher_temp:
+                raise ConfigError(
+                    f"{type(self).__name__}: pass step (the optimizer step): the teacher "
+                    f"temperature warms up over {self.warmup_teacher_temp_steps} steps"
+                )
+            return self.teacher_temp
         return teacher_temperature(
             step, self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps
         )
 
-    def teacher_probs(self, teacher_out: Tensor, step: int) -> Tensor:
+    def teacher_probs(self, teacher_out: Tensor, step: int | None) -> Tensor:
         """``softmax((t - center) / τ_t)`` in float32, detached, over the last dimension."""
         t = (teacher_out.detach().float() - self.center) / self.teacher_temp_at(step)
         return F.softmax(t, dim=-1)
@@ -153,14 +169,15 @@ class SelfDistillationLoss(_CenteredDistillation):
             )
         self.teacher_views = teacher_views
 
-    def forward(self, student_out: Tensor, teacher_out: Tensor, step: int) -> Tensor:
+    def forward(self, student_out: Tensor, teacher_out: Tensor, step: int | None = None) -> Tensor:
         """Loss over all cross-view pairs, then the center update.
 
         Args:
             student_out: ``(V_s·B, D)`` student head outputs (logits), view-major; the
                 first ``V_t`` views are the teacher's views in the same order.
             teacher_out: ``(V_t·B, D)`` teacher head outputs, view-major.
-            step: current optimizer step (for the temperature warm-up).
+            step: current optimizer step, for the temperature warm-up (may be None
+                without one).
 
         Returns:
             Scalar float32 tensor.
@@ -251,14 +268,17 @@ class PatchDistillationLoss(_CenteredDistillation):
         super().__init__(out_dim, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps,
                          student_temp, center_momentum, center_shape=(1, 1))
 
-    def forward(self, student_out: Tensor, teacher_out: Tensor, mask: Tensor, step: int) -> Tensor:
+    def forward(
+        self, student_out: Tensor, teacher_out: Tensor, mask: Tensor, step: int | None = None
+    ) -> Tensor:
         """Loss over the masked patches, then the center update.
 
         Args:
             student_out: ``(R, N, D)`` student patch logits (the masked views).
             teacher_out: ``(R, N, D)`` teacher patch logits of the same views unmasked.
-            mask: ``(R, N)`` bool, True where the student's patch was masked.
-            step: current optimizer step (for the temperature warm-up).
+            mask: ``(R, N)`` bool (or 0/1), True where the student's patch was masked.
+            step: current optimizer step, for the temperature warm-up (may be None
+                without one).
 
         Returns:
             Scalar float32 tensor.
@@ -276,6 +296,7 @@ class PatchDistillationLoss(_CenteredDistillation):
                 f"PatchDistillationLoss: outputs have {student_out.shape[-1]} prototypes, the "
                 f"loss was built with out_dim={self.out_dim}"
             )
+        mask = as_bool_mask(mask, "PatchDistillationLoss")
         if tuple(mask.shape) != tuple(student_out.shape[:2]):
             raise ConfigError(
                 f"PatchDistillationLoss: mask {tuple(mask.shape)} does not match the outputs' "

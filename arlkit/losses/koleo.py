@@ -65,6 +65,17 @@ class KoLeoLoss(nn.Module):
         self.views, self.eps = views, eps
 
     def forward(self, x: Tensor) -> Tensor:
+        """Mean KoLeo loss of the ``views`` chunks of ``x``.
+
+        Args:
+            x: ``(V·B, C)`` features (e.g. class tokens), view-major; L2-normalised inside.
+
+        Returns:
+            Scalar tensor.
+
+        Raises:
+            ConfigError: the rows do not split into ``views`` equal chunks.
+        """
         if x.shape[0] % self.views:
             raise ConfigError(
                 f"KoLeoLoss: {x.shape[0]} rows do not split into views={self.views} chunks"

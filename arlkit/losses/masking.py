@@ -14,11 +14,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from arlkit.errors import ConfigError
+from arlkit.errors import ConfigError, DataError
 
-__all__ = ["MaskGenerator"]
+__all__ = ["MaskGenerator", "as_bool_mask"]
 
 _MODES = ("random", "block")
+
+
+def as_bool_mask(mask: Tensor, where: str) -> Tensor:
+    """A patch mask as bool, True = masked: a bool mask as it is, an integer or float mask
+    of 0s and 1s (MAE's convention, 1 = masked) converted.
+
+    Raises:
+        DataError: a mask with values other than 0 and 1 (names ``where``).
+    """
+    if mask.dtype == torch.bool:
+        return mask
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise DataError(
+            f"{where}: the mask must be bool or hold only 0 and 1 (1 = masked); got a "
+            f"{mask.dtype} mask with other values"
+        )
+    return mask.bool()
 
 
 class MaskGenerator:

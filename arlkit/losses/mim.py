@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from arlkit.errors import ConfigError, DataError
+from arlkit.losses.masking import as_bool_mask
 
 __all__ = ["MIMLoss", "mim_loss", "normalize_patches", "patchify", "unpatchify"]
 
@@ -143,7 +144,8 @@ def mim_loss(
         pred: predicted patches ``(B, N, P·P·C)``, or images ``(B, C, H, W)``.
         target: true patches ``(B, N, P·P·C)``, or images ``(B, C, H, W)`` (then
             ``patch_size`` is required).
-        mask: ``(B, N)`` bool, True = masked (the patches that count).
+        mask: ``(B, N)`` bool, True = masked (the patches that count); a 0/1 integer or
+            float mask (MAE's convention) is accepted.
         norm_pix: standardise each target patch first (MAE's ``norm_pix_loss``).
         loss: ``"l2"`` (squared error, the paper's) or ``"l1"``.
         patch_size: patch side, needed when ``pred`` or ``target`` are images.
@@ -164,6 +166,7 @@ def mim_loss(
         raise ConfigError(
             f"mim_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
         )
+    mask = as_bool_mask(mask, "mim_loss")
     if mask.shape != pred.shape[:2]:
         raise ConfigError(
             f"mim_loss: mask shape {tuple(mask.shape)} must be (B, N) = {tuple(pred.shape[:2])}"
