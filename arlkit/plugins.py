@@ -233,7 +233,11 @@ class PluginHost:
                 try:
                     impl.function(*[{"register": registrar}[arg] for arg in impl.argnames])
                 except DuplicateComponentError as exc:
-                    registry.mark_conflict(exc.name, *exc.providers)
+                    # between two plugins neither is preferred: the name stays unusable until
+                    # one is disabled; a plugin reusing a built-in name fails and the
+                    # built-in stays (one bad plugin must not break the shipped recipes)
+                    if exc.providers[0] not in self.builtins:
+                        registry.mark_conflict(exc.name, *exc.providers)
                     added += [(kind, n) for n in registrar.added]
                     self._rollback(added)
                     self._fail(info, str(exc))

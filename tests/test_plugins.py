@@ -141,3 +141,12 @@ def test_trace_writes_each_registration_call(capsys):
     quiet, _ = fresh_host(builtins=(), environ={})
     quiet.register(make_plugin("quiet", c=lambda: 1), name="quiet")
     assert capsys.readouterr().err == ""
+
+
+def test_plugin_reusing_a_built_in_name_fails_and_the_built_in_stays_usable():
+    host, regs = fresh_host()
+    host.load()
+    builtin = regs.losses.get("mim")
+    info = host.register(make_plugin("shadow", mim=lambda: 0, extra=lambda: 1), name="shadow")
+    assert info.status == "failed" and "'mim' is registered twice" in info.error
+    assert regs.losses.get("mim") is builtin and "extra" not in regs.losses
