@@ -10,12 +10,17 @@ Every evaluation writes ``settings.json`` and ``results.json`` into ``--out`` (d
     arlkit eval compare --backbone runs/quickstart --backbone random --data synthetic:breast \\
         --data synthetic:cardiac_seg --label-fraction 0.1,1.0
     arlkit viz pca --backbone runs/quickstart --backbone random --data synthetic:cardiac_view
+
+Options are checked before any work; what an evaluation leaves out (unreadable images,
+rows without a label) is named on stderr as ``warning: ...`` lines and recorded in
+``results.json`` (``bad_files``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 __all__ = ["add_viz_pca", "register"]
@@ -154,11 +159,23 @@ def _printer() -> Any:
     return lambda line: console().print(line, markup=False)
 
 
+def _warn(line: str) -> None:
+    """``warning: ...`` on stderr (what a command left out; the command goes on)."""
+    from arlkit.cli.output import err_console
+
+    con = err_console()
+    if con.is_terminal:
+        con.print("[bold yellow]warning:[/] ", end="", markup=True)
+        con.print(line, markup=False)
+    else:
+        sys.stderr.write(f"warning: {line}\n")
+
+
 def _run(args: argparse.Namespace) -> int:
     from arlkit.eval.run import run_eval, summary_lines
 
     say = _printer()
-    results = run_eval(_config(args, args.protocol, args.backbone, args.data), log=say)
+    results = run_eval(_config(args, args.protocol, args.backbone, args.data), log=say, warn=_warn)
     for line in summary_lines(results):
         say(line)
     say(f"wrote {results['out']}/settings.json and results.json")
@@ -171,8 +188,9 @@ def _compare(args: argparse.Namespace) -> int:
     say = _printer()
     base = _config(args, args.protocol, args.backbone[0], args.data[0])
     out = args.out or os.path.join("runs", "eval", "compare")
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    summary = compare(args.backbone, args.data, base, out, metrics, log=say)
+    # an empty --metrics is an error (compare says so), not the defaults
+    metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
+    summary = compare(args.backbone, args.data, base, out, metrics, log=say, warn=_warn)
     with open(summary["files"]["markdown"]) as handle:
         say(handle.read())
     say("wrote " + ", ".join(summary["files"].values()))
@@ -188,10 +206,11 @@ def add_viz_pca(viz_subparsers: argparse._SubParsersAction) -> argparse.Argument
                             "timm:NAME[:WEIGHTS]")
     p.add_argument("--data", default="synthetic:cardiac_view",
                    help="images to show: synthetic:TASK or a manifest/folder (test split)")
-    p.add_argument("--n", type=int, default=4, help="number of images (rows)")
+    p.add_argument("--n", type=int, default=4,
+                   help="number of images (rows); a manifest's test split may hold fewer")
     p.add_argument("--arch", default=None, help="architecture of --backbone random")
     p.add_argument("--image-size", type=int, default=None, help="default: the first backbone's size")
-    p.add_argument("--alpha", type=float, default=0.6, help="opacity of the colours")
+    p.add_argument("--alpha", type=float, default=0.6, help="opacity of the colours, in [0, 1]")
     p.add_argument("--no-organ", action="store_true", help="do not pass the organ to the backbones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
@@ -200,26 +219,66 @@ def add_viz_pca(viz_subparsers: argparse._SubParsersAction) -> argparse.Argument
     return p
 
 
+def _check_pca_args(args: argparse.Namespace) -> None:
+    """The options of ``viz pca``, each offending one named, before any work."""
+    from arlkit.errors import ConfigError
+    from arlkit.eval.data import check_data_spec
+
+    problems = []
+    if args.n < 1:
+        problems.append(f"--n must be at least 1, got {args.n}")
+    if not 0.0 <= args.alpha <= 1.0:
+        problems.append(f"--alpha must be in [0, 1] (0: the image only, 1: the colours only), got {args.alpha:g}")
+    if args.image_size is not None and args.image_size < 1:
+        problems.append(f"--image-size must be >= 1, got {args.image_size}")
+    for flag, value in (("--seed", args.seed), ("--data-seed", args.data_seed)):
+        if value < 0:
+            problems.append(f"{flag} must be >= 0, got {value}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out}: a directory; pass the PNG file to write, e.g. "
+                          f"{os.path.join(args.out, 'pca.png')}")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {args.out}: {parent} is a file, so the PNG cannot be written there")
+    check_data_spec(args.data)
+
+
 def _viz_pca(args: argparse.Namespace) -> int:
     import torch
 
-    from arlkit.errors import ConfigError
     from arlkit.eval.backbones import resolve_backbone
+    from arlkit.eval.badfiles import BadFiles, warning_line
     from arlkit.eval.data import load_eval_data
     from arlkit.eval.features import collate_samples
     from arlkit.eval.pca import pca_figure
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    _check_pca_args(args)
     resolved = [resolve_backbone(b, args.arch, args.seed) for b in args.backbone]
     first = resolved[0].model
     size = args.image_size or int(getattr(first, "img_size", 224))
     data = load_eval_data(args.data, size, first.taxonomy, n_train=1, n_val=1, n_test=args.n,
                           data_seed=args.data_seed, seed=args.seed)
+    for line in data.notes:
+        _printer()(line)
+    for line in data.warnings:
+        _warn(line)
+    if args.n > len(data.test):
+        _warn(f"--n {args.n}: the test split of {args.data} holds {len(data.test)} image(s); "
+              f"drawing {len(data.test)} rows")
     samples = [data.test[i] for i in range(min(args.n, len(data.test)))]
     batch = collate_samples(samples)
+    bad = BadFiles("test")
+    bad.add(batch)
+    if "image" not in batch:
+        raise bad.error("viz pca")
+    if len(bad):
+        _warn(warning_line(bad.records(), "Those rows are not drawn; fix or remove the files"))
     fov = torch.stack([s["fov"] for s in samples if s.get("valid", True)]) \
-        if all("fov" in s for s in samples) else None
+        if all("fov" in s for s in samples if s.get("valid", True)) else None
     labels = batch["label"].tolist()
     titles = [data.classes[y] if 0 <= y < len(data.classes) else "" for y in labels]
     organs = None if args.no_organ else batch["organ"]

@@ -14,6 +14,7 @@ matplotlib only when a metric or a plot is computed).
 
 __all__ = [
     "backbones",
+    "badfiles",
     "compare",
     "config",
     "data",
@@ -21,6 +22,7 @@ __all__ = [
     "finetune",
     "knn",
     "linear",
+    "manifest_checks",
     "metrics",
     "pca",
     "protocols",

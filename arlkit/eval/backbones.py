@@ -216,9 +216,9 @@ def resolve_backbone(spec: str, arch: str | None = None, seed: int = 0) -> Resol
         The :class:`ResolvedBackbone`, model in eval mode on CPU.
 
     Raises:
-        ConfigError: the path does not exist, the timm name is unknown, or ``--arch`` is
-            missing.
-        ArlkitError: a run without checkpoints or a file that is not an export.
+        ConfigError: the path does not exist, the timm name is unknown, ``--arch`` is
+            missing, or the file is a recipe or not an export (the message says what to pass).
+        ArlkitError: a run without checkpoints.
     """
     if spec == "random" or spec.startswith("random:"):
         return _random(arch, seed, spec)
@@ -231,9 +231,22 @@ def resolve_backbone(spec: str, arch: str | None = None, seed: int = 0) -> Resol
         )
     if _is_dir(spec):
         return _from_run(spec)
+    if spec.lower().endswith((".yaml", ".yml")):
+        raise ConfigError(
+            f"--backbone {spec}: a recipe holds an architecture, not weights; for its random "
+            f"initialisation use --backbone random --arch {spec}; for a model trained with it, "
+            "pass the run directory or its exported .safetensors file"
+        )
     from arlkit.engine.export import load_backbone, read_export
 
-    _, _, metadata = read_export(spec)
+    try:
+        _, _, metadata = read_export(spec)
+    except ArlkitError as exc:
+        raise ConfigError(
+            f"--backbone {exc}; pass an exported backbone ('arlkit export RUN_DIR --out "
+            "FILE.safetensors'), a run directory, 'random' (with --arch RECIPE.yaml for a "
+            "recipe's architecture) or 'timm:NAME[:WEIGHTS]'"
+        ) from None
     model = load_backbone(spec)
     info = {k: metadata[k] for k in ("source", "step") if k in metadata}
     return ResolvedBackbone(model.eval(), _stem(spec), "export", spec, info)

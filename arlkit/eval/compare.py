@@ -20,13 +20,16 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from arlkit.errors import ArlkitError, ConfigError
-from arlkit.eval.data import SEGMENTATION_TASKS, task_name
-from arlkit.eval.run import EvalConfig, run_eval, write_json
+from arlkit.errors import ArlkitError, ConfigError, closest
+from arlkit.eval.data import SEGMENTATION_TASKS, check_data_spec, task_name
+from arlkit.eval.run import EvalConfig, check_config, check_dir, run_eval, write_json
 
 __all__ = [
+    "ALL_CLASSIFICATION_METRICS",
+    "ALL_SEGMENTATION_METRICS",
     "CLASSIFICATION_METRICS",
     "SEGMENTATION_METRICS",
+    "check_metrics",
     "compare",
     "plot_bars",
     "plot_fractions",
@@ -36,6 +39,44 @@ __all__ = [
 
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "auroc")
 SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "miou")
+#: Every metric the protocols report (:mod:`arlkit.eval.metrics`); ``--metrics`` picks among them.
+ALL_CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "auroc")
+ALL_SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "miou", "pixel_accuracy")
+
+
+def _is_segmentation(data: str) -> bool:
+    """Whether compare scores ``data`` with the segment protocol."""
+    return data.startswith("synthetic:") and task_name(data) in SEGMENTATION_TASKS
+
+
+def check_metrics(metrics: Sequence[str], datas: Sequence[str] = ()) -> None:
+    """Raise unless every name is a reported metric and one of them applies to a task.
+
+    Raises:
+        ConfigError: an empty list, an unknown name (with the closest known one), or only
+            metrics none of ``datas`` reports.
+    """
+    known = (*ALL_CLASSIFICATION_METRICS, *ALL_SEGMENTATION_METRICS)
+    if not metrics:
+        raise ConfigError(f"--metrics: give at least one metric name (known: {', '.join(known)})")
+    unknown = [name for name in metrics if name not in known]
+    if unknown:
+        named = []
+        for name in unknown:
+            hint = closest(name, known) or next((k for k in known if k.startswith(name)), None)
+            named.append(f"{name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        raise ConfigError(f"--metrics: unknown metric {', '.join(named)}; known: {', '.join(known)}")
+    if datas:
+        reported = set()
+        if any(_is_segmentation(d) for d in datas):
+            reported.update(ALL_SEGMENTATION_METRICS)
+        if not all(_is_segmentation(d) for d in datas):
+            reported.update(ALL_CLASSIFICATION_METRICS)
+        if not reported & set(metrics):
+            raise ConfigError(
+                f"--metrics {','.join(metrics)}: no task of this comparison reports them; its "
+                f"tasks report {', '.join(m for m in known if m in reported)}"
+            )
 
 
 def pyplot() -> Any:
@@ -205,6 +246,7 @@ def compare(
     out: str,
     metrics: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``base.protocol`` for every backbone on every task and write tables and plots.
 
@@ -216,27 +258,36 @@ def compare(
         metrics: metrics shown in the markdown table and plots (default: accuracy, AUROC,
             Dice, mIoU); the CSV and JSON hold all of them.
         log: progress lines.
+        warn: what each run left out (see :func:`arlkit.eval.run.run_eval`).
 
     Returns:
         ``{"rows": [...], "runs": [...], "files": {...}}`` (also ``OUT/results.json``).
+
+    Raises:
+        ConfigError: bad settings, metric names, ``--data`` values or output directory,
+            found before the first run.
     """
     from arlkit.eval.backbones import resolve_backbone
 
     if not backbones or not datas:
         raise ConfigError("compare: give at least one --backbone and one --data")
     log = log or (lambda _line: None)
-    metrics = tuple(metrics or (*CLASSIFICATION_METRICS, *SEGMENTATION_METRICS))
+    metrics = tuple((*CLASSIFICATION_METRICS, *SEGMENTATION_METRICS) if metrics is None else metrics)
+    check_metrics(metrics, datas)
+    check_config(base)
+    for data in datas:
+        check_data_spec(data)
+    check_dir("--out", out)
     resolved = [resolve_backbone(b, base.arch, base.seed) for b in backbones]
     _unique_names(resolved)
     results = []
     for data in datas:
-        protocol = "segment" if task_name(data) in SEGMENTATION_TASKS and data.startswith("synthetic:") \
-            else base.protocol
+        protocol = "segment" if _is_segmentation(data) else base.protocol
         for spec, bb in zip(backbones, resolved):
             run_dir = os.path.join(out, "runs", f"{protocol}-{task_name(data)}-{bb.name}")
             cfg = dataclasses.replace(base, protocol=protocol, backbone=spec, data=data, out=run_dir)
             log(f"== {protocol} · {task_name(data)} · {bb.name}")
-            results.append(run_eval(cfg, bb, log))
+            results.append(run_eval(cfg, bb, log, warn))
     rows = rows_from_results(results)
     files = write_tables(rows, out, metrics)
     files["bars"] = plot_bars(rows, os.path.join(out, "bars.png"), metrics)

@@ -4,16 +4,27 @@
 ``synthetic:gallbladder``, ``synthetic:lung``, ``synthetic:cardiac_view``,
 ``synthetic:cardiac_seg``; sizes from ``--n-train/--n-val/--n-test``) or a manifest / folder
 tree with labels (``label`` column; ``mask`` for segmentation). A manifest's ``split``
-column is used when present; otherwise examples are split at random, stratified by label
-and grouped by ``patient_id``, so that the frames of one patient never straddle two
-splits. The validation split picks hyper-parameters (the linear probe's learning rate);
+column is used when it names test rows; otherwise examples are split at random, stratified
+by label and grouped by ``patient_id``, so that the frames of one patient never straddle
+two splits. The validation split picks hyper-parameters (the linear probe's learning rate);
 only the test split is reported.
+
+A folder is a tree of organ sub-folders whose organ is the class, also when it holds a
+manifest file (``arlkit data synth --task`` writes ``manifest.csv`` beside the organ
+folders): its labels are read only when the manifest itself is passed
+(``--data DIR/manifest.csv``); the messages and the log say so, rather than guess.
+
+Bad rows are errors naming them: split values other than train/val/test (and their
+usual spellings), labels that mix class indices and names, labelled rows without a split
+in a manifest whose split column is used. Rows without a label (a mask, for segmentation)
+are left out, and :attr:`EvalData.warnings` counts them.
 
 Label fractions and the grouped split live in :mod:`arlkit.eval.splits` (re-exported here).
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +33,14 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from arlkit.errors import ConfigError, DataError, closest
+from arlkit.eval.manifest_checks import (
+    MANIFEST_SUFFIXES,
+    SPLIT_NAMES,
+    check_label_kinds,
+    check_split_values,
+    manifests_in,
+    row_list,
+)
 from arlkit.eval.splits import grouped_split, label_fraction_indices, parse_fractions
 from arlkit.taxonomy import Taxonomy
 
@@ -30,6 +49,7 @@ __all__ = [
     "SYNTHETIC_TASKS",
     "EvalData",
     "LabelledSubset",
+    "check_data_spec",
     "dataset_labels",
     "grouped_split",
     "label_fraction_indices",
@@ -42,9 +62,6 @@ SYNTHETIC_TASKS: tuple[str, ...] = (
     "breast", "thyroid", "gallbladder", "lung", "cardiac_view", "cardiac_seg",
 )
 SEGMENTATION_TASKS: frozenset[str] = frozenset({"cardiac_seg"})
-_MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 
 
 @dataclass
@@ -59,6 +76,8 @@ class EvalData:
         segmentation: whether the task is scored on masks.
         train_labels: ``(len(train),)`` labels of the training split (for label fractions).
         info: how the splits were made, JSON-serialisable.
+        notes: lines for the log (how the data was read).
+        warnings: what was left out (rows without labels or masks), one line each.
     """
 
     name: str
@@ -70,6 +89,8 @@ class EvalData:
     segmentation: bool
     train_labels: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def task_name(spec: str) -> str:
@@ -183,31 +204,65 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
     m = dataset.manifest
     if len(dataset) == 0:
         raise DataError(f"--data {spec}: the manifest lists no images")
+    check_split_values(spec, m)
+    folder = not spec.lower().endswith(MANIFEST_SUFFIXES)
+    inside = manifests_in(spec) if folder else []
+    use_it = (f"; {spec.rstrip('/')} contains {inside[0]}: pass --data "
+              f"{posixpath.join(spec.rstrip('/'), inside[0])} to use its labels") if inside else ""
+    notes, warnings = [], []
     labels = np.asarray(m.label, np.int64)
     label_source = "label"
     classes = list(m.classes)
     if segmentation:
         keep = np.flatnonzero([u is not None for u in m.mask])
-        what = "segmentation masks (a 'mask' column)"
+        what, lacking = "segmentation masks (a 'mask' column)", "mask"
     else:
-        if (labels < 0).all() and not spec.lower().endswith(_MANIFEST_SUFFIXES):
+        check_label_kinds(spec, m)
+        if (labels < 0).all() and folder:
             # a folder tree of organ sub-folders: the organ is the class (ImageFolder's rule)
             present = sorted(set(np.asarray(m.organ).tolist()) - {taxonomy.unknown_index})
             labels = np.array([present.index(o) if o in present else -1 for o in m.organ], np.int64)
             classes, label_source = [taxonomy.name(o) for o in present], "organ"
+            if inside:
+                notes.append(f"--data {spec}: a folder, read as organ sub-folders (the organ is "
+                             f"the class){use_it} instead")
         keep = np.flatnonzero(labels >= 0)
         what = "labels (a 'label' column, or organ sub-folders)"
+        lacking = "label"
     if keep.size == 0:
-        raise DataError(f"--data {spec}: no row has {what}; add them to the manifest")
+        raise DataError(f"--data {spec}: no row has {what}; add them to the manifest{use_it}")
     if not segmentation:
         if np.unique(labels[keep]).size < 2:
-            raise DataError(f"--data {spec}: every labelled row has the same label; need 2+ classes")
+            only = int(labels[keep][0])
+            name = classes[only] if only < len(classes) else str(only)
+            found = (f"read as organ sub-folders, every image is in the {name!r} folder"
+                     if label_source == "organ" else f"every labelled row has the label {name!r}")
+            raise DataError(f"--data {spec}: {found}; need 2+ classes{use_it}")
         n_cls = int(labels[keep].max()) + 1
         classes = classes if len(classes) >= n_cls else [str(c) for c in range(n_cls)]
+    if keep.size < len(m):
+        left = np.setdiff1d(np.arange(len(m)), keep).tolist()
+        if label_source == "organ":
+            warnings.append(f"--data {spec}: {len(left)} of {len(m)} images are in the 'unknown' "
+                            f"folder and are left out (e.g. {m.paths[left[0]]}); move them into an "
+                            "organ folder to use them")
+        else:
+            warnings.append(f"--data {spec}: {len(left)} of {len(m)} rows have no {lacking} and "
+                            f"are left out ({row_list(left, 3)}: {m.paths[left[0]]}, ...); give "
+                            f"them a {lacking} to use them")
     y = labels[keep].clip(min=0)
     groups = [m.patient_id[i] for i in keep]
-    given = [_SPLIT_NAMES.get(m.split[i].lower(), "") for i in keep]
+    given = [SPLIT_NAMES.get(m.split[i].lower(), "") for i in keep]
     if "test" in given:
+        missing = [int(keep[k]) for k, g in enumerate(given) if not g]
+        if missing:
+            raise DataError(
+                f"--data {spec}: {row_list(missing)} ({m.paths[missing[0]]}"
+                f"{', ...' if len(missing) > 1 else ''}) {'have' if len(missing) > 1 else 'has'} no "
+                "split value while other rows name theirs (rows count from 1 after the header); "
+                "give every row a split (train, val or test), or leave the whole column empty to "
+                "split at random"
+            )
         idx = {s: np.array([k for k, g in enumerate(given) if g == s], np.int64)
                for s in ("train", "val", "test")}
         if idx["val"].size == 0 and idx["train"].size > 1 and val_fraction > 0:
@@ -217,6 +272,9 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
             idx["train"], idx["val"] = idx["train"][tr], idx["train"][va]
         method = "manifest split column"
     else:
+        if any(given):
+            notes.append(f"--data {spec}: the split column names no test rows; splitting the "
+                         f"{keep.size} rows at random (give rows split=test to choose the test set)")
         tr, va, te = grouped_split(y, groups, val_fraction, test_fraction, seed)
         idx = {"train": tr, "val": va, "test": te}
         method = "stratified by label, grouped by patient_id" if any(groups) else "stratified by label"
@@ -228,10 +286,10 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
         classes = _mask_classes(dataset, keep[idx["train"]])
     subsets = {s: LabelledSubset(dataset, keep[idx[s]], labels[keep[idx[s]]]) for s in idx}
     info = {"source": "manifest", "path": spec, "stat": _stat(spec), "split": method, "rows": len(dataset),
-            "used": int(keep.size), "label_source": label_source,
-            "sizes": {s: int(v.size) for s, v in idx.items()}}
+            "used": int(keep.size), "left_out": int(len(dataset) - keep.size),
+            "label_source": label_source, "sizes": {s: int(v.size) for s, v in idx.items()}}
     return EvalData(task_name(spec), spec, subsets["train"], subsets["val"], subsets["test"],
-                    classes, segmentation, y[idx["train"]], info)
+                    classes, segmentation, y[idx["train"]], info, notes, warnings)
 
 
 def load_eval_data(
@@ -267,8 +325,29 @@ def load_eval_data(
         ConfigError: unknown synthetic task (with a suggestion) or bad sizes.
         DataError: empty manifest, missing labels or masks, too few rows.
     """
+    check_data_spec(spec)
     if spec.startswith("synthetic:"):
         return _synthetic(spec, image_size, (n_train, n_val, n_test), data_seed, taxonomy, segmentation)
+    return _manifest(spec, image_size, taxonomy, segmentation, val_fraction, test_fraction, seed)
+
+
+def check_data_spec(spec: str) -> None:
+    """The cheap checks of a ``--data`` value (a known synthetic task, an existing path),
+    made before any work.
+
+    Raises:
+        ConfigError: unknown synthetic task (with a suggestion) or no such path.
+    """
+    if spec.startswith("synthetic:"):
+        task = spec.split(":", 1)[1]
+        if task not in SYNTHETIC_TASKS:
+            hint = closest(task, SYNTHETIC_TASKS)
+            raise ConfigError(
+                f"--data {spec}: unknown synthetic task {task!r}"
+                + (f"; did you mean 'synthetic:{hint}'?" if hint else "")
+                + f" (known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)})"
+            )
+        return
     if spec.startswith("synthetic"):
         raise ConfigError(f"--data {spec}: write synthetic:TASK with TASK one of {', '.join(SYNTHETIC_TASKS)}")
     from arlkit.eval.backbones import _exists
@@ -278,7 +357,6 @@ def load_eval_data(
             f"--data {spec}: no such manifest or folder; pass a labelled manifest "
             f"(CSV/JSONL/Parquet), a folder, or synthetic:TASK ({', '.join(SYNTHETIC_TASKS)})"
         )
-    return _manifest(spec, image_size, taxonomy, segmentation, val_fraction, test_fraction, seed)
 
 
 def subset(dataset: Dataset, indices: Sequence[int]) -> Subset:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from arlkit.data.condition import batch_condition, probe_indices
-from arlkit.errors import ConfigError
+from arlkit.errors import ConfigError, closest
+from arlkit.eval.badfiles import BadFiles
 
 __all__ = [
     "POOLS",
@@ -53,11 +54,13 @@ class FeatureSet:
         features: ``(N, D)`` float32.
         labels: ``(N,)`` int64 class labels (-1 where none).
         organs: ``(N,)`` int64 taxonomy indices.
+        bad_files: ``[(path, reason)]`` of the samples left out (unreadable files).
     """
 
     features: torch.Tensor
     labels: torch.Tensor
     organs: torch.Tensor
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -69,12 +72,31 @@ class FeatureSet:
 
 
 def resolve_device(choice: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(choice)``."""
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(choice)``.
+
+    Raises:
+        ConfigError: not a device name, or a CUDA device this machine does not have.
+    """
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {choice}: CUDA is not available here; use --device cpu")
-    return torch.device(choice)
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError):
+        hint = "cuda" if choice.lower().startswith("gpu") else closest(choice, ("auto", "cpu", "cuda"))
+        raise ConfigError(
+            f"--device {choice!r} is not a device" + (f"; did you mean {hint!r}?" if hint else "")
+            + " (use auto, cpu, cuda or cuda:N)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {choice}: CUDA is not available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device {choice}: this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    return device
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -83,10 +105,15 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     Returns:
         ``{"image": (B, 1, H, W), "organ": (B,), "probe": (B,), "label": (B,)}`` (``probe``:
         see :mod:`arlkit.data.condition`) plus ``"mask": (B, H, W)``
-        when the samples have masks, and ``"dropped": int``.
+        when the samples have masks, ``"dropped": int`` and ``"bad_files"``: ``[(id, reason)]``
+        of the samples left out.
     """
     good = [s for s in samples if s.get("valid", True)]
-    batch: dict[str, Any] = {"dropped": len(samples) - len(good)}
+    batch: dict[str, Any] = {
+        "dropped": len(samples) - len(good),
+        "bad_files": [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
+                      for s in samples if not s.get("valid", True)],
+    }
     if not good:
         return batch
     batch["image"] = torch.stack([s["image"] for s in good]).float()
@@ -181,6 +208,7 @@ def extract_features(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     n_last_blocks: int = 1,
+    split: str = "data",
 ) -> FeatureSet:
     """Encode every sample of ``dataset`` with the frozen ``backbone``.
 
@@ -195,12 +223,14 @@ def extract_features(
         num_workers: DataLoader workers.
         n_last_blocks: pool the outputs of the last ``n`` blocks (see :func:`pool_blocks`);
             1 pools the final tokens.
+        split: name of the split in messages (``train``, ``val``, ``test``).
 
     Returns:
-        The :class:`FeatureSet` on CPU (bad files left out).
+        The :class:`FeatureSet` on CPU (bad files left out, listed in ``bad_files``).
 
     Raises:
-        ConfigError: bad ``pool`` or ``n_last_blocks``; no readable image.
+        ConfigError: bad ``pool`` or ``n_last_blocks``.
+        DataError: no readable image (names the split, the count and the first file).
     """
     if n_last_blocks < 1:
         raise ConfigError(f"n_last_blocks must be >= 1, got {n_last_blocks}")
@@ -212,7 +242,9 @@ def extract_features(
     feats, labels, organs = [], [], []
     prefix = int(getattr(backbone, "num_prefix_tokens", 1))
     keys = tuple(getattr(backbone, "condition_keys", ()))
+    bad = BadFiles(split)
     for batch in loader:
+        bad.add(batch)
         if "image" not in batch:
             continue
         organ = batch_condition(batch, keys, device) if use_organ else None
@@ -227,8 +259,23 @@ def extract_features(
         organs.append(batch["organ"])
     backbone.train(was_training)
     if not feats:
-        raise ConfigError("feature extraction: the split holds no readable images")
-    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(organs))
+        raise bad.error()
+    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(organs), bad.files())
+
+
+def _read_cached(path: str, expected: int) -> FeatureSet | None:
+    """A cache entry, or None when it cannot say which samples it left out (entries written
+    before ``bad_files`` was recorded, with fewer rows than the split): those are recomputed."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, "pt") as handle:
+        meta = handle.metadata() or {}
+    t = load_file(path)
+    bad = [(str(p), str(r)) for p, r in json.loads(meta.get("bad_files", "[]"))]
+    if t["features"].shape[0] + len(bad) != expected:
+        return None
+    return FeatureSet(t["features"], t["labels"], t["organs"], bad)
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -256,18 +303,20 @@ def cached_features(
     Returns:
         ``(features, hit)`` where ``hit`` says whether they came from the cache.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     path = os.path.join(cache_dir, f"features-{_key_hash(key)}.safetensors") if cache_dir else None
     if path and os.path.exists(path):
-        t = load_file(path)
-        return FeatureSet(t["features"], t["labels"], t["organs"]), True
+        hit = _read_cached(path, len(dataset))
+        if hit is not None:
+            return hit, True
     out = extract_features(backbone, dataset, **kwargs)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         save_file({"features": out.features.contiguous(), "labels": out.labels.contiguous(),
                    "organs": out.organs.contiguous()}, tmp,
-                  metadata={"key": json.dumps(key, sort_keys=True, default=str)})
+                  metadata={"key": json.dumps(key, sort_keys=True, default=str),
+                            "bad_files": json.dumps(out.bad_files)})
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return out, False

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from arlkit.data.condition import batch_condition
 from arlkit.errors import ConfigError
+from arlkit.eval.badfiles import BadFiles
 from arlkit.eval.features import collate_samples, pool_tokens
 
 __all__ = [
@@ -164,12 +165,16 @@ class FinetuneResult:
         best_epoch: the kept epoch (by validation balanced accuracy).
         val_scores: validation balanced accuracy per epoch.
         steps: optimizer steps taken.
+        test_labels: ``(N_test,)`` labels of the scored (readable) test images.
+        bad_files: ``[{"split", "path", "reason"}]`` of the unreadable images left out.
     """
 
     test_probs: np.ndarray
     best_epoch: int
     val_scores: list[float] = field(default_factory=list)
     steps: int = 0
+    test_labels: np.ndarray | None = None
+    bad_files: list[dict[str, str]] = field(default_factory=list)
 
 
 def batches(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int,
@@ -198,14 +203,25 @@ def condition(model: nn.Module, batch: dict[str, Any], device: torch.device) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities (N, C), labels (N,))`` of a classifier over a loader."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device,
+            bad: BadFiles | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (N, C), labels (N,))`` of a classifier over a loader.
+
+    Unreadable images are left out and recorded in ``bad``.
+
+    Raises:
+        DataError: not one image of the loader could be read.
+    """
     model.eval()
     probs, labels = [], []
     for batch in loader:
+        if bad is not None:
+            bad.add(batch)
         if "image" in batch:
             probs.append(model(batch["image"].to(device), condition(model, batch, device)).softmax(-1).cpu())
             labels.append(batch["label"])
+    if not probs:
+        raise (bad if bad is not None else BadFiles("evaluated")).error("prediction")
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
@@ -228,6 +244,7 @@ def fit_best_epoch(
     metric: str,
     train_mode: Callable[[], None] | None = None,
     log: Callable[[str], None] | None = None,
+    bad: BadFiles | None = None,
 ) -> tuple[int, list[float], int]:
     """The loop shared by fine-tuning and segmentation.
 
@@ -241,18 +258,26 @@ def fit_best_epoch(
             epoch.
         metric: the score's name in the log lines.
         train_mode: puts the model in training mode (default ``model.train()``).
+        bad: records the unreadable training images (left out of their batches).
 
     Returns:
         ``(best epoch, score of every epoch, optimizer steps taken)``.
+
+    Raises:
+        DataError: not one training image could be read.
     """
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     scores: list[float] = []
     step = 0
     for epoch in range(epochs):
         (train_mode or model.train)()
+        readable = False
         for batch in loader:
+            if bad is not None:
+                bad.add(batch)
             if "image" not in batch:
                 continue
+            readable = True
             loss = loss_of(batch)
             if loss is None:
                 continue
@@ -264,6 +289,8 @@ def fit_best_epoch(
             step += 1
             if step >= total:
                 break
+        if not readable and epoch == 0:
+            raise (bad if bad is not None else BadFiles("train")).error("training")
         value = score() if score is not None else float(epoch)
         scores.append(value)
         if best is None or value > best[0]:
@@ -329,16 +356,20 @@ def finetune_classifier(
     warmup = int(warmup_fraction * total)
     val_loader = batches(val, batch_size, False, seed, workers) if len(val) else None
     loss_fn = nn.CrossEntropyLoss()
+    bad = {s: BadFiles(s) for s in ("train", "val", "test")}
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor:
         logits = model(batch["image"].to(device), condition(model, batch, device))
         return loss_fn(logits, batch["label"].to(device))
 
     def score() -> float:
-        return _balanced(*predict(model, val_loader, device))
+        return _balanced(*predict(model, val_loader, device, bad["val"]))
 
     best_epoch, scores, step = fit_best_epoch(
         model, loader, opt, lr=lr, epochs=epochs, total=total, warmup=warmup, loss_of=loss_of,
-        score=score if val_loader is not None else None, metric="balanced accuracy", log=log)
-    probs, _ = predict(model, batches(test, batch_size, False, seed, workers), device)
-    return FinetuneResult(probs, best_epoch, scores, step)
+        score=score if val_loader is not None else None, metric="balanced accuracy", log=log,
+        bad=bad["train"])
+    probs, labels = predict(model, batches(test, batch_size, False, seed, workers), device,
+                            bad["test"])
+    return FinetuneResult(probs, best_epoch, scores, step, labels,
+                          [r for b in bad.values() for r in b.records()])

@@ -103,6 +103,8 @@ def pca_figure(
         raise ConfigError(f"pca: expected images (B, 1, H, W), got {tuple(images.shape)}")
     if not backbones:
         raise ConfigError("pca: give at least one backbone")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"pca: alpha must be in [0, 1], got {alpha:g}")
     gray = images.expand(-1, 3, -1, -1)
     panels: list[tuple[str, np.ndarray]] = [("input", gray.permute(0, 2, 3, 1).numpy())]
     for name, model in backbones:

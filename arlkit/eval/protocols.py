@@ -3,7 +3,8 @@
 Each runner repeats its protocol for every label fraction of the configuration (the same
 seed for every fraction) and returns ``(metrics, details)`` keyed by the fraction
 (``"0.01"``, ``"1"``): the metrics with bootstrap intervals, and what was chosen on the
-way (learning rate, kept epoch, steps).
+way (learning rate, kept epoch, steps). Unreadable images are left out of every split and
+appended to the ``bad_files`` list a caller passes (``{"split", "path", "reason"}``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def _training_kwargs(cfg: EvalConfig, protocol: str, device: torch.device,
 
 
 def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
-              log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Linear / kNN / fine-tune for every label fraction → (metrics, details) by fraction."""
+              log: Log, bad_files: list[dict[str, str]] | None = None,
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Linear / kNN / fine-tune for every label fraction → (metrics, details) by fraction.
+
+    The unreadable images left out are appended to ``bad_files``.
+    """
     from arlkit.eval.finetune import finetune_classifier
     from arlkit.eval.knn import knn_classify
     from arlkit.eval.linear import DEFAULT_LRS, linear_probe
@@ -65,6 +70,7 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
     num_classes = len(data.classes)
     metrics: dict[str, Any] = {}
     details: dict[str, Any] = {}
+    bad_files = bad_files if bad_files is not None else []
     if cfg.protocol in ("linear", "knn"):
         wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.protocol]
         fp = backbone_fingerprint(bb.model)
@@ -77,9 +83,12 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
             feats[split], hit = cached_features(
                 bb.model, getattr(data, split), key, cfg.cache_dir, pool=cfg.pool,
                 use_organ=cfg.use_organ, batch_size=cfg.batch_size, device=device,
-                num_workers=cfg.workers, n_last_blocks=cfg.n_last_blocks)
+                num_workers=cfg.workers, n_last_blocks=cfg.n_last_blocks, split=split)
+            bad = feats[split].bad_files
+            bad_files.extend({"split": split, "path": p, "reason": r} for p, r in bad)
             log(f"features {split}: {tuple(feats[split].features.shape)}"
-                + (" (cache)" if hit else ""))
+                + (" (cache)" if hit else "")
+                + (f", {len(bad)} unreadable image(s) left out" if bad else ""))
         train, val, test = feats["train"], feats["val"], feats["test"]
         for frac in cfg.label_fractions:
             sub = train.select(label_fraction_indices(train.labels.numpy(), frac, cfg.seed))
@@ -113,7 +122,8 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
         idx = label_fraction_indices(data.train_labels, frac, cfg.seed)
         res = finetune_classifier(bb.model, subset(data.train, idx), data.val, data.test,
                                   num_classes, pool=cfg.pool, **kwargs)
-        labels = dataset_labels(data.test)
+        bad_files.extend(res.bad_files)
+        labels = res.test_labels if res.test_labels is not None else dataset_labels(data.test)
         metrics[_fmt_fraction(frac)] = classification_metrics(labels, res.test_probs, cfg.n_boot, cfg.seed)
         details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,
                                         "val_balanced_accuracy": res.val_scores, "steps": res.steps}
@@ -140,9 +150,13 @@ def _linear_epochs(epochs: int | None, steps: int | None, n: int) -> int:
 
 
 def run_segmentation(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
-             log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+             log: Log, bad_files: list[dict[str, str]] | None = None,
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """UPerNet for every label fraction → (metrics, details) by fraction (unreadable images
+    appended to ``bad_files``)."""
     from arlkit.eval.segment import decoder_width, train_segmentation
 
+    bad_files = bad_files if bad_files is not None else []
     num_classes = len(data.classes)
     kwargs = _training_kwargs(cfg, "segment", device, log)
     lr = kwargs["lr"]
@@ -152,6 +166,7 @@ def run_segmentation(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, devi
         res = train_segmentation(bb.model, subset(data.train, idx), data.val, data.test,
                                  num_classes, freeze_backbone=cfg.freeze_backbone,
                                  channels=cfg.decoder_channels, **kwargs)
+        bad_files.extend(res.bad_files)
         metrics[_fmt_fraction(frac)] = segmentation_metrics(res.pred, res.target, num_classes,
                                                             cfg.n_boot, cfg.seed)
         details[_fmt_fraction(frac)] = {"n_train": int(idx.size), "lr": lr, "best_epoch": res.best_epoch,

@@ -6,9 +6,13 @@ into the output directory:
 
 - ``settings.json``: the resolved settings, provenance (backbone fingerprint, checkpoint,
   data splits), library versions and seeds — enough to reproduce the numbers;
-- ``results.json``: every metric with its bootstrap 95% interval, per label fraction.
+- ``results.json``: every metric with its bootstrap 95% interval, per label fraction, and
+  ``bad_files``: the count and the list of the unreadable images left out (also named on
+  the output, see :mod:`arlkit.eval.badfiles`).
 
-The same configuration and seed give the same numbers.
+Settings, the output and cache directories and the ``--data`` value are checked before any
+work (:func:`check_config`), so that a typo never costs a feature extraction. The same
+configuration and seed give the same numbers.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import torch
 from arlkit.engine.data import share_cores
 from arlkit.errors import ConfigError, DataError
 from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint, resolve_backbone
+from arlkit.eval.badfiles import bad_file_summary, warning_line
 from arlkit.eval.config import DEFAULT_BATCH, PROTOCOLS, EvalConfig
-from arlkit.eval.data import load_eval_data, task_name
+from arlkit.eval.data import check_data_spec, load_eval_data, task_name
 from arlkit.eval.features import POOLS, resolve_device
 from arlkit.eval.protocols import format_metrics, run_classification, run_segmentation
 
-__all__ = ["PROTOCOLS", "EvalConfig", "default_out", "run_eval", "summary_lines", "write_json"]
+__all__ = ["PROTOCOLS", "EvalConfig", "check_config", "check_dir", "default_out", "run_eval",
+           "summary_lines", "write_json"]
 
 
 def default_out(protocol: str, data: str, backbone_name: str) -> str:
@@ -57,7 +63,76 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _check(cfg: EvalConfig) -> None:
+def check_dir(flag: str, path: str) -> None:
+    """Raise unless ``path`` is, or can be created as, a directory this process can write.
+
+    Remote URLs are left to the write itself.
+
+    Raises:
+        ConfigError: ``path`` (or a folder above it) is a file, or is not writable.
+    """
+    if "://" in path:
+        return
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: this is a file, not a directory; pass a directory "
+                              "(it is created when missing) or remove the file")
+        target = path
+    else:
+        target = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(target):
+            target = os.path.dirname(target)
+        if not os.path.isdir(target):
+            raise ConfigError(f"{flag} {path}: {target} is a file, so the directory cannot be "
+                              "created; pass another path")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {target} is not writable; pass a directory you can "
+                          "write to")
+
+
+def _number_problems(cfg: EvalConfig) -> list[str]:
+    """What is wrong with the numeric options (each offending option on its own)."""
+    problems = []
+
+    def at_least(flag: str, value: float | None, low: float) -> None:
+        if value is not None and not value >= low:  # NaN fails too
+            problems.append(f"{flag} must be >= {low:g}, got {value:g}")
+
+    at_least("--n-last-blocks", cfg.n_last_blocks, 1)
+    at_least("--batch-size", cfg.batch_size, 1)
+    at_least("--n-boot", cfg.n_boot, 0)
+    at_least("--steps", cfg.steps, 1)
+    at_least("--epochs", cfg.epochs, 1)
+    at_least("--image-size", cfg.image_size, 1)
+    at_least("--workers", cfg.workers, 0)
+    at_least("--seed", cfg.seed, 0)
+    at_least("--data-seed", cfg.data_seed, 0)
+    at_least("--k", cfg.k, 1)
+    at_least("--decoder-channels", cfg.decoder_channels, 1)
+    if cfg.lrs is not None:
+        bad = [v for v in cfg.lrs if not (math.isfinite(v) and v > 0)]
+        if not cfg.lrs:
+            problems.append("--lr: give at least one learning rate, e.g. --lr 0.01,0.1")
+        elif bad:
+            problems.append(f"--lr must be > 0, got {', '.join(f'{v:g}' for v in bad)}")
+    if cfg.weight_decay is not None and not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        problems.append(f"--weight-decay must be >= 0, got {cfg.weight_decay:g}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        problems.append(f"--temperature must be > 0, got {cfg.temperature:g}")
+    if not 0 < cfg.layer_decay <= 1:
+        problems.append(f"--layer-decay must be in (0, 1], got {cfg.layer_decay:g}")
+    if not 0 <= cfg.drop_path < 1:
+        problems.append(f"--drop-path must be in [0, 1), got {cfg.drop_path:g}")
+    return problems
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Check every setting, ``--device``, ``--cache-dir``, ``--out`` (when given) and the
+    ``--data`` value, before any work.
+
+    Raises:
+        ConfigError: names each offending option, what is wrong, and what to pass.
+    """
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown evaluation protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if cfg.pool not in POOLS:
@@ -71,10 +146,18 @@ def _check(cfg: EvalConfig) -> None:
                               "--weight-decay)")
         if cfg.weight_decay is not None and cfg.weight_decay <= 0:
             raise ConfigError(f"--weight-decay with --solver lbfgs must be > 0, got {cfg.weight_decay}")
-    if cfg.n_last_blocks < 1:
-        raise ConfigError(f"--n-last-blocks must be >= 1, got {cfg.n_last_blocks}")
-    if (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.n_boot < 0:
-        raise ConfigError(f"--batch-size must be >= 1 and --n-boot >= 0 (got {cfg.batch_size}, {cfg.n_boot})")
+    problems = _number_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    resolve_device(cfg.device)
+    if cfg.cache_dir is not None:
+        try:
+            check_dir("--cache-dir", cfg.cache_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or pass --no-cache") from None
+    if cfg.out is not None:
+        check_dir("--out", cfg.out)
+    check_data_spec(cfg.data)
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
@@ -91,6 +174,7 @@ def run_eval(
     cfg: EvalConfig,
     backbone: ResolvedBackbone | None = None,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run one evaluation and write ``settings.json`` and ``results.json``.
 
@@ -98,6 +182,8 @@ def run_eval(
         cfg: the settings (``cfg.out`` None → :func:`default_out`).
         backbone: an already resolved backbone (``compare`` resolves each once).
         log: progress lines (default: silent).
+        warn: what was left out (unreadable images, rows without labels), one line each
+            (default: ``log`` with a ``warning:`` prefix).
 
     Returns:
         The results (also in ``results.json``), with ``"out"`` the output directory.
@@ -107,10 +193,13 @@ def run_eval(
         DataError: data unusable for the protocol.
     """
     log = log or (lambda _line: None)
-    _check(cfg)
+    warn = warn or (lambda line: log(f"warning: {line}"))
+    check_config(cfg)
     started = time.time()
     torch.manual_seed(cfg.seed)
     bb = backbone or resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
+    out = cfg.out or default_out(cfg.protocol, cfg.data, bb.name)
+    check_dir("--out", out)
     patch = int(getattr(bb.model, "patch_size", 16))
     size = cfg.image_size or int(getattr(bb.model, "img_size", 224))
     if size % patch:
@@ -124,6 +213,10 @@ def run_eval(
     data = load_eval_data(cfg.data, size, bb.model.taxonomy, segmentation=cfg.protocol == "segment",
                           n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
                           data_seed=cfg.data_seed, seed=cfg.seed)
+    for line in data.notes:
+        log(line)
+    for line in data.warnings:
+        warn(line)
     if data.info.get("label_source") == "organ" and cfg.use_organ:
         # the class is the organ: conditioning on it would hand the answer to the backbone
         cfg = dataclasses.replace(cfg, use_organ=False)
@@ -134,16 +227,17 @@ def run_eval(
             + ("this is a segmentation task: use 'arlkit eval segment'"
                if data.info.get("task") in ("cardiac_seg",) else "give every row a label")
         )
-    out = cfg.out or default_out(cfg.protocol, cfg.data, bb.name)
     log(f"{cfg.protocol} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
         f"train/val/test, {size}px) with {bb.name} [{bb.kind}: {bb.source}] on {device}")
     run = run_segmentation if cfg.protocol == "segment" else run_classification
+    bad: list[dict[str, str]] = []
     with share_cores(device, cfg.workers):
-        metrics, details = run(cfg, bb, data, device, log)
+        metrics, details = run(cfg, bb, data, device, log, bad_files=bad)
+    bad_files = bad_file_summary(bad)
     results = {"protocol": cfg.protocol, "task": data.name, "backbone": bb.name, "data": cfg.data,
                "classes": data.classes, "metrics": metrics, "details": details,
                "sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
-               "seconds": round(time.time() - started, 2)}
+               "bad_files": bad_files, "seconds": round(time.time() - started, 2)}
     settings = {"config": {**dataclasses.asdict(cfg), "out": out},
                 "backbone": {"name": bb.name, "kind": bb.kind, "source": bb.source, **bb.info,
                              "fingerprint": backbone_fingerprint(bb.model)},
@@ -152,6 +246,9 @@ def run_eval(
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "settings.json"), settings)
     write_json(os.path.join(out, "results.json"), results)
+    if bad_files["count"]:
+        warn(warning_line(bad_files["files"], f"All are listed in {os.path.join(out, 'results.json')} "
+                          "(bad_files); fix or remove them to evaluate every row"))
     return {**results, "out": out}
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlkit.errors import ConfigError
+from arlkit.eval.badfiles import BadFiles
 from arlkit.eval.finetune import (
     batches,
     condition,
@@ -132,6 +133,7 @@ class SegmentationResult:
         best_epoch: the kept epoch (by validation Dice).
         val_scores: validation Dice per epoch.
         steps: optimizer steps taken.
+        bad_files: ``[{"split", "path", "reason"}]`` of the unreadable images left out.
     """
 
     pred: np.ndarray
@@ -139,17 +141,28 @@ class SegmentationResult:
     best_epoch: int
     val_scores: list[float] = field(default_factory=list)
     steps: int = 0
+    bad_files: list[dict[str, str]] = field(default_factory=list)
 
 
 @torch.no_grad()
-def predict_masks(model: nn.Module, loader: Any, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions (N, H, W), masks (N, H, W))`` over a loader."""
+def predict_masks(model: nn.Module, loader: Any, device: torch.device,
+                  bad: BadFiles | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions (N, H, W), masks (N, H, W))`` over a loader (unreadable images left
+    out and recorded in ``bad``).
+
+    Raises:
+        DataError: not one image of the loader could be read.
+    """
     model.eval()
     preds, masks = [], []
     for batch in loader:
+        if bad is not None:
+            bad.add(batch)
         if "image" in batch:
             preds.append(model(batch["image"].to(device), condition(model, batch, device)).argmax(1).cpu())
             masks.append(batch["mask"])
+    if not preds:
+        raise (bad if bad is not None else BadFiles("evaluated")).error("prediction")
     return torch.cat(preds).numpy(), torch.cat(masks).numpy()
 
 
@@ -214,6 +227,7 @@ def train_segmentation(
     warmup = int(warmup_fraction * total)
     val_loader = batches(val, batch_size, False, seed, workers) if len(val) else None
     loss_fn = nn.CrossEntropyLoss()
+    bad = {s: BadFiles(s) for s in ("train", "val", "test")}
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor | None:
         if batch["image"].shape[0] < 2:  # BatchNorm
@@ -224,7 +238,7 @@ def train_segmentation(
         return loss_fn(logits, mask) + soft_dice_loss(logits, mask)
 
     def score() -> float:
-        pred, target = predict_masks(model, val_loader, device)
+        pred, target = predict_masks(model, val_loader, device, bad["val"])
         value = float(dice_from_confusion(confusion_matrices(pred, target, num_classes).sum(0)))
         return value if np.isfinite(value) else 0.0
 
@@ -236,6 +250,8 @@ def train_segmentation(
     best_epoch, scores, step = fit_best_epoch(
         model, loader, opt, lr=lr, epochs=epochs, total=total, warmup=warmup, loss_of=loss_of,
         score=score if val_loader is not None else None, metric="Dice", train_mode=train_mode,
-        log=log)
-    pred, target = predict_masks(model, batches(test, batch_size, False, seed, workers), device)
-    return SegmentationResult(pred, target, best_epoch, scores, step)
+        log=log, bad=bad["train"])
+    pred, target = predict_masks(model, batches(test, batch_size, False, seed, workers), device,
+                                 bad["test"])
+    return SegmentationResult(pred, target, best_epoch, scores, step,
+                              [r for b in bad.values() for r in b.records()])

@@ -57,3 +57,43 @@ def run_cli(argv: list[str]) -> int:
 #: Sizes that keep a synthetic evaluation to a second or two.
 SMALL = ["--image-size", "32", "--n-train", "24", "--n-val", "12", "--n-test", "24",
          "--n-boot", "50", "--device", "cpu", "--batch-size", "16"]
+
+
+def write_manifest(folder, rows: list[dict], name: str = "manifest.csv", size: int = 32,
+                   missing: tuple[str, ...] = (), truncated: tuple[str, ...] = ()) -> str:
+    """Write a PNG per row (``path`` relative to ``folder``) and the CSV manifest ``name``.
+
+    Rows whose path is in ``missing`` get no file; those in ``truncated`` get the first
+    40 bytes of a PNG. Returns the manifest's path.
+    """
+    import csv
+    import io
+    import pathlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = pathlib.Path(folder)
+    rng = np.random.default_rng(0)
+    for r in rows:
+        target = folder / r["path"]
+        if r["path"] in missing:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(buf, format="PNG")
+        target.write_bytes(buf.getvalue()[:40] if r["path"] in truncated else buf.getvalue())
+    path = folder / name
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def labelled_rows(n_train: int = 8, n_val: int = 4, n_test: int = 4) -> list[dict]:
+    """Rows ``im<i>.png`` of a two-class thyroid task with a split column."""
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return [{"path": f"im{i}.png", "organ": "thyroid", "label": str(i % 2), "split": s}
+            for i, s in enumerate(splits)]

@@ -135,3 +135,36 @@ def test_empty_manifest_fails_clearly(tmp_path: pathlib.Path) -> None:
     path.write_text("path,organ,label\n")
     with pytest.raises(DataError):
         load_eval_data(str(path), 32, Taxonomy())
+
+
+def test_unknown_split_values_are_named(tmp_path: pathlib.Path) -> None:
+    rows = [{"path": f"im{i}.png", "organ": "thyroid", "label": str(i % 2),
+             "split": "tset" if i in (3, 5) else "train" if i < 8 else "test"} for i in range(12)]
+    with pytest.raises(DataError) as info:
+        load_eval_data(_manifest(tmp_path, rows), 32, Taxonomy())
+    msg = str(info.value)
+    assert "unknown split value 'tset' (did you mean 'test'?) in rows 4, 6" in msg
+    assert "Accepted: train, val, test" in msg
+
+
+def test_labelled_rows_without_a_split_are_named(tmp_path: pathlib.Path) -> None:
+    rows = [{"path": f"im{i}.png", "organ": "thyroid", "label": str(i % 2),
+             "split": "" if i == 2 else "test" if i < 4 else "train"} for i in range(12)]
+    with pytest.raises(DataError, match=r"row 3 \(.*im2.png\) has no split value"):
+        load_eval_data(_manifest(tmp_path, rows), 32, Taxonomy())
+
+
+def test_unlabelled_rows_are_counted(tmp_path: pathlib.Path) -> None:
+    rows = [{"path": f"im{i}.png", "organ": "thyroid", "label": "" if i in (0, 7) else str(i % 2)}
+            for i in range(20)]
+    data = load_eval_data(_manifest(tmp_path, rows), 32, Taxonomy())
+    assert data.info["left_out"] == 2 and data.info["used"] == 18
+    assert len(data.warnings) == 1
+    assert "2 of 20 rows have no label and are left out (rows 1, 8: " in data.warnings[0]
+
+
+def test_numbers_mixed_with_names_are_an_error(tmp_path: pathlib.Path) -> None:
+    rows = [{"path": f"im{i}.png", "organ": "thyroid", "label": "benign" if i == 4 else str(i % 2)}
+            for i in range(12)]
+    with pytest.raises(DataError, match="mixes numbers and names: row 1 has '0', row 5 has 'benign'"):
+        load_eval_data(_manifest(tmp_path, rows), 32, Taxonomy())
