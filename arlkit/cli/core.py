@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--dry-run", action="store_true", help="validate and build, do not train")
     run.set_defaults(handler=_run)
+    _overrides_anywhere(run)
 
     val = sub.add_parser("validate", help="check a recipe without running it")
     val.add_argument("recipe")
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only a component checks (e.g. mask_ratio, view sizes) are caught",
     )
     val.set_defaults(handler=_validate)
+    _overrides_anywhere(val)
 
     lst = sub.add_parser("list", help="registered components with their provider and parameters")
     lst.add_argument("kind", nargs="?", help="a registry kind (default: all)")
@@ -59,6 +61,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     sch = sub.add_parser("schema", help="JSON Schema of recipes (for editors)")
     sch.add_argument("--out", help="write to this file instead of stdout")
     sch.set_defaults(handler=_schema)
+
+
+def _overrides_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let the ``overrides`` words come before, between or after the options.
+
+    argparse stops filling a ``nargs="*"`` positional at the first option, so in
+    ``arlkit validate R --show data.batch_size`` the malformed override would be an
+    "unrecognized argument" with the top-level usage, while before ``--show`` it reaches the
+    recipe loader, which says "expected KEY.PATH=VALUE". Parsing the command's words
+    intermixed sends every positional word to ``overrides`` wherever it stands; unknown
+    options are still left over, and reported as unrecognized.
+    """
+    for action in parser._actions:
+        if action.dest == "overrides":  # else an intermixed parse names it as missing too
+            action.required = False
+    base = type(parser)
+
+    class _Intermixed(base):  # type: ignore[misc,valid-type]
+        _intermixing = False
+
+        def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+            if self._intermixing:  # parse_known_intermixed_args calls back in here
+                return super().parse_known_args(args, namespace)
+            self._intermixing = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+
+    parser.__class__ = _Intermixed
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -36,7 +36,8 @@ def _add_synth(data_sub: argparse._SubParsersAction) -> None:
             "cardiac_seg, mask is a PNG of class indices (left ventricle = 1)."
         ),
     )
-    p.add_argument("--out", required=True, help="output folder (local path or fsspec URL)")
+    p.add_argument("--out", required=True,
+                   help="output folder (local path or fsspec URL) without a manifest.csv yet")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--organs", nargs="+", default=["all"], help="organ names, or 'all'")
     p.add_argument("--probes", nargs="+", choices=["linear", "convex", "phased"], default=None)
@@ -87,8 +88,19 @@ def _png(array: Any) -> bytes:
     return buf.getvalue()
 
 
+def _row_count(fs: Any, manifest: str) -> str:
+    """``"12 rows"`` of a CSV manifest (header not counted), or why it cannot be counted."""
+    try:
+        with fs.open(manifest, "r", encoding="utf-8", newline="") as f:
+            n = sum(1 for _ in csv.reader(f)) - 1
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"unreadable: {type(exc).__name__}"
+    return f"{max(n, 0)} row{'s' if n != 1 else ''}"
+
+
 def data_synth(args: argparse.Namespace) -> int:
-    """Write ``--n`` images and ``manifest.csv`` into ``--out``."""
+    """Write ``--n`` images and ``manifest.csv`` into ``--out``; refuses, before writing
+    anything, a folder that already holds a ``manifest.csv`` (it would be replaced)."""
     import fsspec
     import numpy as np
 
@@ -117,6 +129,13 @@ def data_synth(args: argparse.Namespace) -> int:
         )
         stem = "synthetic"
     fs, root = fsspec.core.url_to_fs(args.out)
+    manifest = posixpath.join(root, "manifest.csv")
+    if fs.exists(manifest):  # before any image: a second set would replace the first's rows
+        raise ConfigError(
+            f"data synth: {args.out.rstrip('/')}/manifest.csv already exists "
+            f"({_row_count(fs, manifest)}); choose another --out (one folder per set or split) "
+            "or remove it"
+        )
     fs.makedirs(root, exist_ok=True)
     rows = []
     for i in range(len(data)):
@@ -138,7 +157,7 @@ def data_synth(args: argparse.Namespace) -> int:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     writer.writerows(rows)
-    with fs.open(posixpath.join(root, "manifest.csv"), "w") as f:
+    with fs.open(manifest, "w") as f:
         f.write(text.getvalue())
     console().print(f"wrote {len(rows)} images and manifest.csv to {args.out}")
     return 0

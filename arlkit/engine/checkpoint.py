@@ -15,10 +15,13 @@ marker, so a run killed while writing never leaves a checkpoint that looks valid
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
 import shutil
+import struct
+from collections.abc import Mapping
 from typing import Any
 
 import fsspec
@@ -29,6 +32,7 @@ from safetensors.torch import save as st_save
 
 __all__ = [
     "capture_rng",
+    "check_fits",
     "find_latest",
     "list_checkpoints",
     "read_checkpoint",
@@ -190,9 +194,61 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any],
 
 
 def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    import json
-    import struct
-
     (size,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + size])
     return dict(header.get("__metadata__", {}))
+
+
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's weights, from the safetensors header alone."""
+    from arlkit.errors import ArlkitError
+
+    fs, root = _fs(path)
+    weights = f"{root.rstrip('/')}/model.safetensors"
+    try:
+        with fs.open(weights, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ArlkitError(
+            f"{path}: cannot read the weights of the checkpoint ({type(exc).__name__}: {exc}); "
+            "the checkpoint is damaged — resume from another checkpoints/step-XXXXXXXX"
+        ) from None
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    text = ", ".join(keys[:limit])
+    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_fits(path: str, expected: Mapping[str, torch.Tensor]) -> None:
+    """Raise a ConfigError naming ``path`` and the mismatching weights when the checkpoint's
+    weights are not exactly ``expected``'s names and shapes (what the model of the recipe
+    saves); reads only the safetensors header and writes nothing."""
+    from arlkit.errors import ConfigError
+
+    have = tensor_shapes(path)
+    want = {k: tuple(v.shape) for k, v in expected.items()}
+    missing = sorted(k for k in want if k not in have)
+    unexpected = sorted(k for k in have if k not in want)
+    reshaped = sorted(k for k in want if k in have and have[k] != want[k])
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) of the model are not in the checkpoint: "
+                     f"{_names(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weight(s) of the checkpoint are not in the model: "
+                     f"{_names(unexpected)}")
+    if reshaped:
+        shown = [f"{k} (checkpoint {list(have[k])}, model {list(want[k])})" for k in reshaped]
+        parts.append(f"{len(reshaped)} weight(s) differ in shape: {_names(shown, 3)}")
+    raise ConfigError(
+        f"--resume {path}: the checkpoint does not fit the model this recipe builds; "
+        + "; ".join(parts)
+        + ". It was written with another recipe (model, objectives or their params): resume "
+        "with that run's recipe.resolved.yaml, or train this recipe in a new run directory. "
+        "Nothing was written."
+    )

@@ -12,7 +12,8 @@ from typing import Any
 import fsspec
 import torch
 
-from arlkit.errors import ArlkitError
+from arlkit.engine.resume import RECIPE_FILE, check_resume_recipe, model_tensors, resume_command
+from arlkit.errors import ArlkitError, ConfigError
 
 __all__ = ["prepare_run_dir", "run_recipe"]
 
@@ -71,11 +72,30 @@ def _deform_text(backbone: torch.nn.Module, device: torch.device, name: str) -> 
     return ""
 
 
-def prepare_run_dir(run_dir: str, recipe_text: str, env: dict[str, Any]) -> None:
+def prepare_run_dir(
+    run_dir: str, recipe_text: str, env: dict[str, Any], resumed_from: str | None = None
+) -> None:
+    """Write recipe.resolved.yaml and environment.json into ``run_dir``.
+
+    When resuming (``resumed_from``: the checkpoint), environment.json names the checkpoint
+    and keeps the environments of the earlier sessions of the run under ``earlier``.
+    """
     fs, root = fsspec.core.url_to_fs(run_dir)
+    root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root.rstrip('/')}/recipe.resolved.yaml", recipe_text.encode())
-    fs.pipe_file(f"{root.rstrip('/')}/environment.json", json.dumps(env, indent=2).encode())
+    env_file = f"{root}/environment.json"
+    if resumed_from is not None:
+        env = {**env, "resumed_from": resumed_from}
+        if fs.exists(env_file):
+            text = fs.cat_file(env_file).decode("utf-8", "replace")
+            try:
+                old = json.loads(text)
+            except ValueError:
+                old = text  # kept as it was, not dropped
+            earlier = old.pop("earlier", []) if isinstance(old, dict) else []
+            env["earlier"] = [*earlier, old]
+    fs.pipe_file(f"{root}/{RECIPE_FILE}", recipe_text.encode())
+    fs.pipe_file(env_file, json.dumps(env, indent=2).encode())
 
 
 def run_recipe(
@@ -136,8 +156,20 @@ def run_recipe(
     elif ckpt.find_latest(run_dir) is not None:
         raise ArlkitError(
             f"{run_dir} already holds checkpoints of an earlier run; continue it with "
-            f"'arlkit run {source} --resume', or start anew with run_dir=<another directory>"
+            f"'{resume_command(run_dir)}', or start anew with run_dir=<another directory>"
         )
+    notes: list[str] = []
+    if resume_path:  # all before the run directory is touched
+        misfit = None
+        try:
+            ckpt.check_fits(resume_path, model_tensors(comps))
+        except ConfigError as exc:
+            misfit = exc
+        # the recipe's differences first: they say why the weights do not fit
+        notes = check_resume_recipe(run_dir, recipe, resume_path, source, overrides,
+                                    fits=misfit is None)
+        if misfit is not None:
+            raise misfit
 
     with share_cores(device, recipe.data.num_workers):
         dist_info = setup(device)
@@ -145,8 +177,6 @@ def run_recipe(
             from arlkit.data.sampler import OrganBalancedSampler
 
             env = _environment(recipe, device, dist_info.world_size)
-            if dist_info.is_main:
-                prepare_run_dir(run_dir, dump_recipe(recipe), env)
             sampler = OrganBalancedSampler(
                 comps.dataset.organ_indices,
                 temperature=recipe.data.sampler_temperature,
@@ -157,11 +187,33 @@ def run_recipe(
                 return sampler.global_order(epoch).tolist()
 
             views_dataset = ViewsDataset(comps.dataset, comps.views, recipe.seed)
+            if dist_info.is_main:  # metrics.jsonl is opened (appended to) by the logger
+                fs, root = fsspec.core.url_to_fs(run_dir)
+                fs.makedirs(root, exist_ok=True)
             logger = RunLogger(run_dir, recipe.train.steps, enabled=dist_info.is_main, stream=stream,
                                tensorboard=recipe.train.tensorboard)
             trainer = Trainer(comps, run_dir, device, dist_info, logger, order, views_dataset)
+            try:
+                if resume_path:  # loaded before recipe and environment are written
+                    try:
+                        trainer.load(resume_path)
+                    except (RuntimeError, ValueError, KeyError) as exc:
+                        if isinstance(exc, ArlkitError):
+                            raise
+                        # what check_fits cannot see, e.g. an optimizer state of another shape
+                        raise ConfigError(
+                            f"--resume {resume_path}: the checkpoint does not fit the training "
+                            f"state of this recipe ({type(exc).__name__}: {exc}); resume with "
+                            "the recipe it was trained with, or start a new run directory"
+                        ) from None
+                if dist_info.is_main:
+                    prepare_run_dir(run_dir, dump_recipe(recipe), env, resumed_from=resume_path)
+            except BaseException:
+                logger.close()
+                raise
+            for note in notes:
+                logger.message(note)
             if resume_path:
-                trainer.load(resume_path)
                 logger.message(f"resumed from {resume_path} at step {trainer.step}")
             logger.message(f"training {plan_text}")
             bad_log = _bad_file_log(comps.dataset, run_dir, dist_info.is_main)
@@ -186,7 +238,7 @@ def run_recipe(
                     out.print(f"note: {bad_log.num_bad} image(s) could not be read and were left "
                               f"out; they are listed in {bad_log.path}", markup=False)
                 if result.interrupted:
-                    out.print(f"interrupted; continue with: arlkit run {source} --resume",
+                    out.print(f"interrupted; continue with: {resume_command(run_dir)}",
                               markup=False)
             return 130 if result.interrupted else 0
         finally:

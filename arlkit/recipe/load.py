@@ -248,8 +248,10 @@ def read_yaml(source: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(source, [RecipeIssue(where, f"invalid YAML: {problem}")]) from None
-    if data is None:
-        data = {}
+    if data is None:  # else the schema's first complaint ("objectives: ...") hides the cause
+        raise RecipeError(source, [RecipeIssue("", "the file is empty (or only comments); a recipe "
+                                   "needs at least an objectives list: start from a copy of "
+                                   "recipes/quickstart.yaml")])
     if not isinstance(data, dict):
         raise RecipeError(
             source, [RecipeIssue("", f"a recipe is a YAML mapping, got {type(data).__name__}")]

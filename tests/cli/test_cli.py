@@ -222,3 +222,25 @@ def test_resume_does_not_swallow_an_override(tmp_path, run):
 def test_export_of_a_missing_run_dir(tmp_path, run):
     out = run("export", str(tmp_path / "none"), "--out", str(tmp_path / "b.safetensors"))
     assert out.returncode == 1 and "no such run directory" in out.stderr
+
+
+def test_a_malformed_override_is_named_before_or_after_the_options(run):
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart.yaml")
+    for args in (["--show", "data.batch_size"], ["data.batch_size", "--show"],
+                 ["--schema-only", "train.steps=3", "data.batch_size", "--show"]):
+        out = run("validate", recipe, *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, args
+        assert "override 'data.batch_size': expected KEY.PATH=VALUE" in out.stderr, args
+        assert "unrecognized arguments" not in out.stderr and "usage:" not in out.stderr, args
+    out = run("run", recipe, "--dry-run", "optim.lr")
+    assert out.returncode == 2 and "override 'optim.lr': expected KEY.PATH=VALUE" in out.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])
+def test_an_empty_recipe_says_the_file_is_empty(tmp_path, run, text):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    out = run("validate", str(recipe))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{recipe}: the file is empty (or only comments)" in out.stderr
+    assert "List should have at least 1 item" not in out.stderr

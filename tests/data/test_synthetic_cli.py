@@ -91,10 +91,32 @@ def test_synth_task_writes_labels_and_masks(tmp_path) -> None:
 
 
 def test_synth_to_an_fsspec_url() -> None:
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/synth-test"):  # the memory filesystem lives as long as the process
+        fs.rm("/synth-test", recursive=True)
     run("synth", "--out", "memory://synth-test", "--n", "2", "--organs", "testis", "--size", "32")
     rows = read_manifest("memory://synth-test/manifest.csv")
     with fsspec.open("memory://synth-test/" + rows[1]["path"], "rb") as f:
         assert Image.open(f).size == (32, 32)
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_synth_refuses_a_folder_that_holds_a_manifest(tmp_path, url) -> None:
+    out = "memory://synth-refuse" if url else str(tmp_path / "task")
+    fs, root = fsspec.core.url_to_fs(out)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    run("synth", "--out", out, "--n", "12", "--task", "breast", "--size", "32")
+    manifest = fs.cat_file(f"{root}/manifest.csv")
+    files = sorted(fs.find(root))
+    for again in (["--n", "2"], ["--n", "2", "--task", "breast", "--split", "val"]):
+        with pytest.raises(ConfigError) as info:
+            run("synth", "--out", out, "--size", "32", *again)
+        assert str(info.value) == (
+            f"data synth: {out}/manifest.csv already exists (12 rows); choose another --out "
+            "(one folder per set or split) or remove it")
+        assert fs.cat_file(f"{root}/manifest.csv") == manifest  # the 12 labelled rows
+        assert sorted(fs.find(root)) == files  # and not one image written
 
 
 def test_synth_rejects_conflicting_or_bad_options(tmp_path) -> None:

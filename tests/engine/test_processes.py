@@ -58,13 +58,15 @@ def test_sigkill_never_leaves_a_corrupt_checkpoint(toy, tmp_path):
         tensors, state, _ = ckpt.read_checkpoint(latest)  # complete and loadable
         assert state["step"] == int(latest.rsplit("-", 1)[1])
     last_step = state["step"]
-    finish = toy("quickstart.yaml", steps=last_step + 2, **{"train.ckpt_every": 1})
+    # the surviving checkpoint trains on; 2 more steps, a shorter run: a new run directory
+    finish = toy("quickstart.yaml", steps=last_step + 2,
+                 **{"train.ckpt_every": 1, "run_dir": tmp_path / "finish"})
     done = subprocess.run(arlkit_cmd("run", str(RECIPES / "quickstart.yaml"), *finish,
-                                     "--resume"), env=env(), capture_output=True, text=True,
-                          timeout=300)
+                                     "--resume", latest), env=env(), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from {latest}" in done.stdout
-    assert ckpt.find_latest(str(run)).endswith(f"step-{last_step + 2:08d}")
+    assert ckpt.find_latest(str(tmp_path / "finish")).endswith(f"step-{last_step + 2:08d}")
 
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(toy, tmp_path):

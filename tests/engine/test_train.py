@@ -83,10 +83,15 @@ def test_existing_checkpoints_need_resume_and_bad_resume_path(toy, tmp_path):
     with pytest.raises(ArlkitError, match="not a complete arlkit checkpoint"):
         run_recipe(recipe, toy("quickstart.yaml", steps=2), resume=str(tmp_path),
                    stream=io.StringIO())
-    # --resume (latest) continues to the new step count
-    assert run_recipe(recipe, toy("quickstart.yaml", steps=2), resume="latest",
+    # --resume continues the run as trained: a longer train.steps changes its schedules ...
+    with pytest.raises(ConfigError, match="train.steps: 1 → 2"):
+        run_recipe(recipe, toy("quickstart.yaml", steps=2), resume="latest",
+                   stream=io.StringIO())
+    # ... so training longer is a new run directory that starts from the checkpoint
+    longer = toy("quickstart.yaml", steps=2, run_dir=tmp_path / "longer")
+    assert run_recipe(recipe, longer, resume=ckpt.find_latest(str(tmp_path / "run")),
                       stream=io.StringIO()) == 0
-    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+    assert [r["step"] for r in metrics(tmp_path / "longer")] == [2]
 
 
 class NaNObjective(Objective):
@@ -230,12 +235,13 @@ def test_bad_resume_path_leaves_the_run_dir_alone(toy, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_file_counts_survive_resume(toy, tmp_path):
+def test_bad_file_counts_survive_resume(toy, tmp_path, interrupt_at):
     # a quarter of the rows are junk; the fraction after --resume counts the earlier run too
     data = partly_unreadable_dataset(tmp_path, 4)
 
-    def train(steps: int, resume: str | None) -> dict:
-        overrides = toy("ablation-mim.yaml", steps=steps) + [
+    def train(stop_at: int | None, resume: str | None) -> dict:
+        interrupt_at(stop_at)  # Ctrl-C during that step
+        overrides = toy("ablation-mim.yaml", steps=6) + [
             data, "data.batch_size=4", "train.ckpt_every=1"]
         try:
             run_recipe(str(RECIPES / "ablation-mim.yaml"), overrides, resume=resume,
@@ -246,10 +252,11 @@ def test_bad_file_counts_survive_resume(toy, tmp_path):
         return state
 
     first = train(3, None)
+    assert first["step"] == 3
     assert first["bad_files"]["seen"] == 4 * first["step"]
     n_bad = len(first["bad_files"]["bad"])
     assert n_bad > 0
-    second = train(6, "latest")
+    second = train(None, "latest")
     assert second["step"] > first["step"]
     assert second["bad_files"]["seen"] == 4 * second["step"]  # not restarted at zero
     assert second["bad_files"]["bad"][:n_bad] == first["bad_files"]["bad"]
