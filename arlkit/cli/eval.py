@@ -93,6 +93,8 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help="feature cache directory")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier evaluation in the output directory")
 
 
 def _tuning(p: argparse.ArgumentParser, protocol: str) -> None:
@@ -150,6 +152,7 @@ def _config(args: argparse.Namespace, protocol: str, backbone: str, data: str) -
         temperature=getattr(args, "temperature", 0.07), n_boot=args.n_boot, seed=args.seed,
         device=args.device, workers=args.workers,
         cache_dir=None if args.no_cache else args.cache_dir, out=args.out,
+        overwrite=args.overwrite,
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from arlkit.errors import ArlkitError, ConfigError, closest
 from arlkit.eval.data import SEGMENTATION_TASKS, check_data_spec, task_name
-from arlkit.eval.run import EvalConfig, check_config, check_dir, run_eval, write_json
+from arlkit.eval.run import EvalConfig, check_config, check_dir, check_fresh, run_eval, write_json
 
 __all__ = [
     "ALL_CLASSIFICATION_METRICS",
@@ -278,6 +278,7 @@ def compare(
     for data in datas:
         check_data_spec(data)
     check_dir("--out", out)
+    check_fresh(out, base.overwrite)
     resolved = [resolve_backbone(b, base.arch, base.seed) for b in backbones]
     _unique_names(resolved)
     results = []

@@ -61,6 +61,7 @@ class EvalConfig:
         workers: DataLoader workers.
         cache_dir: feature cache (None: none).
         out: output directory (default :func:`default_out`).
+        overwrite: replace the results of an earlier evaluation in ``out`` (else an error).
     """
 
     protocol: str
@@ -94,3 +95,4 @@ class EvalConfig:
     workers: int = 0
     cache_dir: str | None = os.path.join("runs", "eval", ".cache")
     out: str | None = None
+    overwrite: bool = False

@@ -38,7 +38,7 @@ from arlkit.eval.data import check_data_spec, load_eval_data, task_name
 from arlkit.eval.features import POOLS, resolve_device
 from arlkit.eval.protocols import format_metrics, run_classification, run_segmentation
 
-__all__ = ["PROTOCOLS", "EvalConfig", "check_config", "check_dir", "default_out", "run_eval",
+__all__ = ["PROTOCOLS", "EvalConfig", "check_config", "check_dir", "check_fresh", "default_out", "run_eval",
            "summary_lines", "write_json"]
 
 
@@ -88,6 +88,21 @@ def check_dir(flag: str, path: str) -> None:
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: {target} is not writable; pass a directory you can "
                           "write to")
+
+
+def check_fresh(out: str, overwrite: bool) -> None:
+    """Raise when ``out`` holds the ``results.json`` of an earlier evaluation (it would be
+    replaced), unless ``overwrite``.
+
+    Raises:
+        ConfigError: names the directory and the two ways on.
+    """
+    if overwrite or "://" in out or not os.path.exists(os.path.join(out, "results.json")):
+        return
+    raise ConfigError(
+        f"{out} already holds the results of an earlier evaluation (results.json); pass "
+        "--out DIR to keep them, or --overwrite to replace them"
+    )
 
 
 def _number_problems(cfg: EvalConfig) -> list[str]:
@@ -157,6 +172,7 @@ def check_config(cfg: EvalConfig) -> None:
             raise ConfigError(f"{exc}; or pass --no-cache") from None
     if cfg.out is not None:
         check_dir("--out", cfg.out)
+        check_fresh(cfg.out, cfg.overwrite)
     check_data_spec(cfg.data)
 
 
@@ -200,6 +216,7 @@ def run_eval(
     bb = backbone or resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
     out = cfg.out or default_out(cfg.protocol, cfg.data, bb.name)
     check_dir("--out", out)
+    check_fresh(out, cfg.overwrite)
     patch = int(getattr(bb.model, "patch_size", 16))
     size = cfg.image_size or int(getattr(bb.model, "img_size", 224))
     if size % patch:

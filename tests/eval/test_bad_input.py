@@ -237,3 +237,19 @@ def test_recipe_or_garbage_as_backbone_says_what_to_pass(run, tmp_path) -> None:
     assert res.code == 2 and "Traceback" not in res.err
     assert f"--backbone {junk}: not a safetensors file" in res.err
     assert "pass an exported backbone" in res.err and "--arch RECIPE.yaml" in res.err
+
+
+# -- earlier results are not replaced silently -----------------------------------------------
+
+def test_earlier_results_are_kept_unless_overwrite(run, tiny_export, tmp_path) -> None:
+    out = tmp_path / "knn"
+    argv = ["eval", "knn", "--backbone", tiny_export, "--data", "synthetic:breast", *FAST,
+            "--n-train", "8", "--n-val", "4", "--n-test", "8", "--out", str(out)]
+    assert run(*argv, "--k", "3").code == 0
+    first = (out / "results.json").read_text()
+    again = run(*argv, "--k", "5")
+    assert again.code == 2
+    assert f"{out} already holds the results of an earlier evaluation" in again.err
+    assert "--overwrite" in again.err and (out / "results.json").read_text() == first
+    assert run(*argv, "--k", "5", "--overwrite").code == 0
+    assert json.loads((out / "settings.json").read_text())["config"]["k"] == 5
