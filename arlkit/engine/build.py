@@ -14,7 +14,7 @@ from torch import nn
 from arlkit.data.condition import check_condition_keys
 from arlkit.engine.export import backbone_config, build_backbone
 from arlkit.engine.objectives import Objective, ObjectiveContext
-from arlkit.errors import ConfigError, closest
+from arlkit.errors import ConfigError, DataError, closest
 from arlkit.recipe import Recipe
 from arlkit.registry import Registries, default_registries
 
@@ -73,6 +73,10 @@ def _at(where: str) -> Iterator[None]:
         if str(exc).startswith(f"{where}"):
             raise
         raise ConfigError(f"{where}: {exc}") from exc
+    except DataError as exc:  # e.g. a dataset's missing manifest: say which setting names it
+        if str(exc).startswith(f"{where}"):
+            raise
+        raise DataError(f"{where}: {exc}") from exc
 
 
 def _check_balancer_names(balancer: Any, names: tuple[str, ...]) -> None:

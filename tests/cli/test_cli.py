@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,14 @@ def test_validate_reports_all_errors_without_traceback(tmp_path, run):
     assert f"{recipe}: objectives[0].name: unknown objective 'no_such_objective'" in lines[1]
     assert f"{recipe}: optim.lrr: unknown key 'lrr'; did you mean 'lr'?" in out.stderr
     assert f"{recipe}: train.steps: Input should be a valid integer" in out.stderr
+
+
+def test_validate_names_the_setting_of_a_missing_manifest(tmp_path, run):
+    recipe = str(pathlib.Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml")
+    missing = tmp_path / "nowhere.csv"
+    out = run("validate", recipe, f"data.dataset={{name: manifest, params: {{path: {missing}}}}}")
+    assert out.returncode == 2
+    assert f"{recipe}: data.dataset.params: data path '{missing}' does not exist" in out.stderr
 
 
 def test_validate_missing_file_is_exit_2(tmp_path, run):
