@@ -127,8 +127,12 @@ class LabelledSubset(Dataset):
         return {**self.dataset[self.indices[i]], "label": self.labels[i]}
 
 
-def _synthetic(spec: str, image_size: int, sizes: tuple[int, int, int], data_seed: int,
-               taxonomy: Taxonomy, segmentation: bool) -> EvalData:
+def _synthetic_task(spec: str) -> str:
+    """The task of ``synthetic:TASK``.
+
+    Raises:
+        ConfigError: an unknown task, with the closest known one.
+    """
     task = spec.split(":", 1)[1]
     if task not in SYNTHETIC_TASKS:
         hint = closest(task, SYNTHETIC_TASKS)
@@ -137,6 +141,12 @@ def _synthetic(spec: str, image_size: int, sizes: tuple[int, int, int], data_see
             + (f"; did you mean 'synthetic:{hint}'?" if hint else "")
             + f" (known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)})"
         )
+    return task
+
+
+def _synthetic(spec: str, image_size: int, sizes: tuple[int, int, int], data_seed: int,
+               taxonomy: Taxonomy, segmentation: bool) -> EvalData:
+    task = _synthetic_task(spec)
     if segmentation and task not in SEGMENTATION_TASKS:
         raise ConfigError(
             f"--data {spec}: this task has no segmentation masks; use "
@@ -339,14 +349,7 @@ def check_data_spec(spec: str) -> None:
         ConfigError: unknown synthetic task (with a suggestion) or no such path.
     """
     if spec.startswith("synthetic:"):
-        task = spec.split(":", 1)[1]
-        if task not in SYNTHETIC_TASKS:
-            hint = closest(task, SYNTHETIC_TASKS)
-            raise ConfigError(
-                f"--data {spec}: unknown synthetic task {task!r}"
-                + (f"; did you mean 'synthetic:{hint}'?" if hint else "")
-                + f" (known: {', '.join('synthetic:' + t for t in SYNTHETIC_TASKS)})"
-            )
+        _synthetic_task(spec)
         return
     if spec.startswith("synthetic"):
         raise ConfigError(f"--data {spec}: write synthetic:TASK with TASK one of {', '.join(SYNTHETIC_TASKS)}")

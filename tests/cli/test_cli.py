@@ -14,11 +14,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
-
-from arlkit.cli import main
 
 ARLKIT = shutil.which("arlkit") or os.path.join(os.path.dirname(sys.executable), "arlkit")
 
@@ -33,28 +30,6 @@ def run_process(
     )
 
 
-@dataclass
-class Outcome:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture()
-def run(capsys, monkeypatch):
-    """``arlkit ARGS`` in this process: exit code and captured stdout/stderr."""
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def invoke(*args: str) -> Outcome:
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse: usage errors, --help, --version
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return invoke
 
 
 def test_console_script_version_and_help():

@@ -6,39 +6,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-from dataclasses import dataclass
 
 import pytest
 from eval_helpers import labelled_rows, write_manifest
-
-from arlkit.cli import main
 
 FAST = ["--image-size", "32", "--n-boot", "2", "--no-cache", "--device", "cpu",
         "--batch-size", "4", "--steps", "2"]
 
 
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture()
-def run(capsys, monkeypatch):
-    """``arlkit ARGS`` in this process: exit code and captured stdout/stderr."""
-    monkeypatch.setenv("COLUMNS", "300")
-
-    def invoke(*args: str) -> Outcome:
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return Outcome(code, out, err)
-
-    return invoke
 
 
 @pytest.fixture()
