@@ -255,7 +255,7 @@ def _viz_pca(args: argparse.Namespace) -> int:
 
     from arlkit.eval.backbones import resolve_backbone
     from arlkit.eval.badfiles import BadFiles, warning_line
-    from arlkit.eval.data import load_eval_data
+    from arlkit.eval.data import picture_samples
     from arlkit.eval.features import collate_samples
     from arlkit.eval.pca import pca_figure
 
@@ -263,16 +263,13 @@ def _viz_pca(args: argparse.Namespace) -> int:
     resolved = [resolve_backbone(b, args.arch, args.seed) for b in args.backbone]
     first = resolved[0].model
     size = args.image_size or int(getattr(first, "img_size", 224))
-    data = load_eval_data(args.data, size, first.taxonomy, n_train=1, n_val=1, n_test=args.n,
-                          data_seed=args.data_seed, seed=args.seed)
-    for line in data.notes:
+    samples, titles, notes = picture_samples(args.data, size, first.taxonomy, args.n,
+                                             data_seed=args.data_seed, seed=args.seed)
+    for line in notes:
         _printer()(line)
-    for line in data.warnings:
-        _warn(line)
-    if args.n > len(data.test):
-        _warn(f"--n {args.n}: the test split of {args.data} holds {len(data.test)} image(s); "
-              f"drawing {len(data.test)} rows")
-    samples = [data.test[i] for i in range(min(args.n, len(data.test)))]
+    if args.n > len(samples):
+        _warn(f"--n {args.n}: {args.data} holds {len(samples)} image(s) to draw; "
+              f"drawing {len(samples)} rows")
     batch = collate_samples(samples)
     bad = BadFiles("test")
     bad.add(batch)
@@ -282,8 +279,7 @@ def _viz_pca(args: argparse.Namespace) -> int:
         _warn(warning_line(bad.records(), "Those rows are not drawn; fix or remove the files"))
     fov = torch.stack([s["fov"] for s in samples if s.get("valid", True)]) \
         if all("fov" in s for s in samples if s.get("valid", True)) else None
-    labels = batch["label"].tolist()
-    titles = [data.classes[y] if 0 <= y < len(data.classes) else "" for y in labels]
+    titles = [t for t, s in zip(titles, samples, strict=True) if s.get("valid", True)]
     organs = None if args.no_organ else batch["organ"]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     path = pca_figure(batch["image"], [(bb.name, bb.model) for bb in resolved], args.out,

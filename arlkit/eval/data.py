@@ -341,6 +341,49 @@ def load_eval_data(
     return _manifest(spec, image_size, taxonomy, segmentation, val_fraction, test_fraction, seed)
 
 
+def picture_samples(
+    spec: str, image_size: int, taxonomy: Taxonomy, n: int, *, data_seed: int = 0, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Up to ``n`` images of a ``--data`` value to draw, with a title each (for ``viz pca``).
+
+    ``synthetic:TASK``: the first images of its test split, titled by class. A manifest or
+    folder needs no labels: its ``test`` rows when it names splits, else its rows in order;
+    titled by class when labelled, else by organ (empty when unknown).
+
+    Returns:
+        ``(samples, titles, notes)``; ``notes`` say how the rows were chosen.
+
+    Raises:
+        ConfigError, DataError: as :func:`load_eval_data`; a manifest that lists no images.
+    """
+    check_data_spec(spec)
+    if spec.startswith("synthetic:"):
+        data = load_eval_data(spec, image_size, taxonomy, n_train=1, n_val=1, n_test=n,
+                              data_seed=data_seed, seed=seed)
+        samples = [data.test[i] for i in range(min(n, len(data.test)))]
+        titles = [data.classes[s["label"]] if 0 <= s["label"] < len(data.classes) else ""
+                  for s in samples]
+        return samples, titles, data.notes
+    from arlkit.data.dataset import ManifestDataset
+
+    dataset = ManifestDataset(spec, taxonomy, size=image_size)
+    m = dataset.manifest
+    if len(dataset) == 0:
+        raise DataError(f"--data {spec}: the manifest lists no images")
+    test = [i for i in range(len(m)) if SPLIT_NAMES.get(m.split[i].lower()) == "test"]
+    rows = (test or list(range(len(m))))[:n]
+    notes = [f"--data {spec}: drawing {len(rows)} {'test rows' if test else 'rows in manifest order'}"]
+    samples = [dataset[i] for i in rows]
+    titles = []
+    for i in rows:
+        label, organ = int(m.label[i]), int(m.organ[i])
+        if label >= 0:
+            titles.append(m.classes[label] if label < len(m.classes) else str(label))
+        else:
+            titles.append(taxonomy.name(organ) if organ != taxonomy.unknown_index else "")
+    return samples, titles, notes
+
+
 def check_data_spec(spec: str) -> None:
     """The cheap checks of a ``--data`` value (a known synthetic task, an existing path),
     made before any work.

@@ -91,10 +91,28 @@ def test_viz_pca_names_the_rows_it_skips(run, tiny_export, tmp_path) -> None:
     res = run("viz", "pca", "--backbone", tiny_export, "--data", manifest, "--n", "50",
               "--image-size", "32", "--out", str(tmp_path / "pca.png"))
     assert res.code == 0, res.err
-    assert "--n 50: the test split of" in res.err and "holds 4 image(s); drawing 4 rows" in res.err
+    assert "--n 50: " in res.err and "holds 4 image(s) to draw; drawing 4 rows" in res.err
     assert f"1 unreadable image(s) left out (test: 1): {tmp_path / 'im13.png'} (" in res.err
     assert "Those rows are not drawn" in res.err
     assert (tmp_path / "pca.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_viz_pca_draws_unlabelled_images(run, tiny_export, tmp_path) -> None:
+    """A picture needs no labels: an unlabelled manifest is drawn in order, titled by organ."""
+    pytest.importorskip("matplotlib")
+    rows = [{"path": f"im{i}.png", "organ": "thyroid" if i else ""} for i in range(5)]
+    manifest = write_manifest(tmp_path, rows)
+    res = run("viz", "pca", "--backbone", tiny_export, "--data", manifest, "--n", "3",
+              "--image-size", "32", "--out", str(tmp_path / "pca.png"))
+    assert res.code == 0, res.err
+    assert "drawing 3 rows in manifest order" in res.out
+    assert (tmp_path / "pca.png").read_bytes()[:4] == b"\x89PNG"
+    from arlkit.eval.data import picture_samples
+    from arlkit.taxonomy import Taxonomy
+
+    samples, titles, _ = picture_samples(manifest, 32, Taxonomy(), 3)
+    assert [s["id"] for s in samples] == [str(tmp_path / f"im{i}.png") for i in range(3)]
+    assert titles == ["", "thyroid", "thyroid"]
 
 
 # -- 2, 3, 6. options are checked up front, each named alone ---------------------------------
