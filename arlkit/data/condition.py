@@ -9,7 +9,9 @@ conditioners read side information.
 ``probe`` is a LongTensor ``(B,)`` of indices into :data:`arlkit.data.manifest.PROBES`
 (``linear``, ``convex``, ``phased``; the last index, ``unknown``, means not recorded), taken
 from the samples' ``probe`` entry (the manifest's ``probe`` column, the synthetic corpus's
-probe); a sample without one counts as ``unknown``.
+probe); a sample without one counts as ``unknown``. ``depth_cm`` is a float32 tensor ``(B,)``
+of imaging depths in centimetres (the manifest's ``depth_cm`` column), NaN where not
+recorded (the synthetic corpus has no physical depth).
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ import torch
 from arlkit.data.manifest import PROBES
 from arlkit.errors import ConfigError, DataError
 
-__all__ = ["CONDITION_KEYS", "batch_condition", "check_condition_keys", "probe_indices"]
+__all__ = [
+    "CONDITION_KEYS",
+    "batch_condition",
+    "check_condition_keys",
+    "depths",
+    "probe_indices",
+    "side_information",
+]
 
 #: side information every training and evaluation batch carries
-CONDITION_KEYS: tuple[str, ...] = ("probe",)
+CONDITION_KEYS: tuple[str, ...] = ("probe", "depth_cm")
 _UNKNOWN_PROBE = PROBES.index("unknown")
 
 
@@ -44,6 +53,17 @@ def probe_indices(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
             )
         out.append(PROBES.index(name))
     return torch.tensor(out, dtype=torch.long)
+
+
+def depths(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """``(B,)`` float32 imaging depths in cm of the samples (NaN: not recorded)."""
+    return torch.tensor([float(s.get("depth_cm", float("nan"))) for s in samples],
+                        dtype=torch.float32)
+
+
+def side_information(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Every :data:`CONDITION_KEYS` entry of a batch of samples."""
+    return {"probe": probe_indices(samples), "depth_cm": depths(samples)}
 
 
 def check_condition_keys(keys: Iterable[str], where: str) -> None:

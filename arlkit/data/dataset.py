@@ -5,7 +5,8 @@ decode, preprocess — and returns the sample dict every arlkit dataset returns:
 
     {"image": (1, S, S) float in [0, 1], "fov": (1, S, S) bool, "organ": int,
      "label": int (-1 if none), "probe": str, "id": str, "patient_id": str,
-     "valid": True, "frame": int}  (+ "mask": (S, S) int64 when the manifest has masks)
+     "valid": True, "frame": int, "depth_cm": float (NaN if not recorded)}
+    (+ "mask": (S, S) int64 when the manifest has masks)
 
 An unreadable file does not raise: the item is ``{"valid": False, "id": path,
 "error": reason, ...}`` (no image). :func:`arlkit.data.collate.collate` drops it from
@@ -128,6 +129,7 @@ class ManifestDataset(Dataset):
         sample: dict[str, Any] = {
             "organ": int(m.organ[i]), "label": int(m.label[i]), "probe": m.probe[i],
             "id": self.sample_id(i), "patient_id": m.patient_id[i], "frame": int(m.frame[i]),
+            "depth_cm": m.depth_at(i),
         }  # fmt: skip
         try:
             img = self._decode(m.paths[i], int(m.frame[i]))

@@ -8,13 +8,16 @@ Sources, local or remote through fsspec (``file://``, ``s3://``, ``memory://`` �
 - a **manifest file**: CSV (``.csv``, ``.tsv``), JSON lines (``.jsonl``, ``.ndjson``) or
   Parquet (``.parquet``, ``.pq``; needs pyarrow, extra ``arlkit[parquet]``) with the
   column ``path`` and the optional columns ``organ, probe, split, label, mask,
-  patient_id, frame``. Column names are matched case-insensitively; others are ignored.
+  patient_id, frame, depth_cm``. Column names are matched case-insensitively; others are
+  ignored.
 
 Paths are resolved relative to the manifest's folder unless they carry a protocol
 (``s3://…``) or are absolute. A missing or empty organ is ``unknown``; an organ outside
 the taxonomy is an error naming the rows (all of them, at once). ``probe`` is one of
 ``linear, convex, phased, unknown``. ``label`` (a downstream class) may be integers or
-names; names become indices into the sorted list :attr:`Manifest.classes`.
+names; names become indices into the sorted list :attr:`Manifest.classes`. ``depth_cm`` is
+the imaging depth in centimetres (a positive number; empty = not recorded), side
+information for conditioners that read it (:mod:`arlkit.data.condition`).
 
 DICOM cines become one row per frame (``frame`` = 0, 1, …), reading only the headers,
 unless the manifest already has a ``frame`` column or ``expand_frames=False``.
@@ -45,7 +48,9 @@ __all__ = ["COLUMNS", "PROBES", "Manifest", "StringColumn", "load_manifest", "re
 
 PROBES: tuple[str, ...] = ("linear", "convex", "phased", "unknown")
 _PROBE_ALIASES = {"curvilinear": "convex", "curved": "convex", "sector": "phased", "": "unknown"}
-COLUMNS: tuple[str, ...] = ("path", "organ", "probe", "split", "label", "mask", "patient_id", "frame")
+COLUMNS: tuple[str, ...] = (
+    "path", "organ", "probe", "split", "label", "mask", "patient_id", "frame", "depth_cm",
+)  # fmt: skip
 _MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 
 
@@ -67,6 +72,8 @@ class Manifest:
         classes: label names when labels were given as names, else empty.
         has_masks: whether the source has a mask column.
         storage_options: fsspec options used to read it (and its files).
+        depth_cm: ``(N,)`` float32 imaging depth in cm, NaN where not recorded (None: none
+            recorded at all).
     """
 
     source: str
@@ -82,6 +89,7 @@ class Manifest:
     classes: list[str] = field(default_factory=list)
     has_masks: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
+    depth_cm: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -92,7 +100,12 @@ class Manifest:
             "path": self.paths[i], "organ": int(self.organ[i]), "probe": self.probe[i],
             "split": self.split[i], "label": int(self.label[i]), "mask": self.mask[i],
             "patient_id": self.patient_id[i], "frame": int(self.frame[i]),
+            "depth_cm": self.depth_at(i),
         }  # fmt: skip
+
+    def depth_at(self, i: int) -> float:
+        """Imaging depth of row ``i`` in cm (NaN: not recorded)."""
+        return float("nan") if self.depth_cm is None else float(self.depth_cm[i])
 
     def select(self, indices: Sequence[int] | np.ndarray) -> Manifest:
         """A manifest of the given rows, in that order."""
@@ -101,7 +114,7 @@ class Manifest:
             self.source, self.taxonomy, self.paths.take(idx), self.organ[idx],
             self.probe.take(idx), self.split.take(idx), self.label[idx], self.mask.take(idx),
             self.patient_id.take(idx), self.frame[idx], list(self.classes), self.has_masks,
-            dict(self.storage_options),
+            dict(self.storage_options), None if self.depth_cm is None else self.depth_cm[idx],
         )  # fmt: skip
 
     def with_split(self, split: str) -> Manifest:
@@ -350,11 +363,12 @@ def _to_columns(
     ]
     frames = np.array([_frame(r.get("frame"), i, source) for i, r in enumerate(records)],
                       dtype=np.int64)
+    depth = _depths(records, source) if any("depth_cm" in r for r in records) else None
     return Manifest(
         source, taxonomy, StringColumn(paths), organ, StringColumn(probes),
         StringColumn(_text(r.get("split")) for r in records), label, StringColumn(masks),
         StringColumn(_text(r.get("patient_id")) for r in records), frames, classes, has_masks,
-        options,
+        options, depth,
     )  # fmt: skip
 
 
@@ -370,6 +384,35 @@ def _frame(value: Any, i: int, source: str) -> int:
         return int(float(text)) if text else -1
     except ValueError:
         raise DataError(f"{source}: row {i + 1}: frame {text!r} is not an integer") from None
+
+
+def _depths(records: list[dict[str, Any]], source: str) -> np.ndarray:
+    """The ``depth_cm`` column: positive finite numbers, NaN where empty.
+
+    Raises:
+        DataError: every row whose value is not a positive number, at once.
+    """
+    out = np.full(len(records), np.nan, dtype=np.float32)
+    bad: list[int] = []
+    for i, r in enumerate(records):
+        text = _text(r.get("depth_cm"))
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            bad.append(i + 1)
+            continue
+        out[i] = value
+    if bad:
+        first = _text(records[bad[0] - 1].get("depth_cm"))
+        raise DataError(
+            f"{source}: depth_cm must be a positive number of centimetres (or empty: not "
+            f"recorded); {_rows(bad)} (first: {first!r}). Rows count from 1 after the header"
+        )
+    return out
 
 
 def _rows(rows: list[int]) -> str:

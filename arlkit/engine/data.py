@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from arlkit.data.condition import probe_indices
+from arlkit.data.condition import side_information
 from arlkit.errors import ConfigError
 
 __all__ = [
@@ -171,7 +171,7 @@ def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if local[0] is not None and local[0].shape[0] > 0:
         batch["local"] = torch.stack(local)  # (b, V_l, C, s, s)
     batch["organ"] = torch.tensor([int(s["organ"]) for s in good], dtype=torch.long)
-    batch["probe"] = probe_indices(good)  # side information for conditioners that read it
+    batch.update(side_information(good))  # probe, depth: for conditioners that read them
     batch["pos"] = torch.tensor([int(s["_pos"]) for s in good], dtype=torch.long)
     return batch
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from arlkit.data.condition import batch_condition, probe_indices
+from arlkit.data.condition import batch_condition, side_information
 from arlkit.errors import ConfigError, closest
 from arlkit.eval.badfiles import BadFiles
 
@@ -103,8 +103,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack sample dicts into a batch; samples marked ``valid: False`` (bad files) are dropped.
 
     Returns:
-        ``{"image": (B, 1, H, W), "organ": (B,), "probe": (B,), "label": (B,)}`` (``probe``:
-        see :mod:`arlkit.data.condition`) plus ``"mask": (B, H, W)``
+        ``{"image": (B, 1, H, W), "organ": (B,), "probe": (B,), "depth_cm": (B,),
+        "label": (B,)}`` (``probe``, ``depth_cm``: see :mod:`arlkit.data.condition`) plus ``"mask": (B, H, W)``
         when the samples have masks, ``"dropped": int`` and ``"bad_files"``: ``[(id, reason)]``
         of the samples left out.
     """
@@ -118,7 +118,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return batch
     batch["image"] = torch.stack([s["image"] for s in good]).float()
     batch["organ"] = torch.tensor([int(s["organ"]) for s in good], dtype=torch.long)
-    batch["probe"] = probe_indices(good)
+    batch.update(side_information(good))  # probe, depth_cm
     batch["label"] = torch.tensor([int(s.get("label", -1)) for s in good], dtype=torch.long)
     if all("mask" in s for s in good):
         batch["mask"] = torch.stack([torch.as_tensor(s["mask"]).long() for s in good])

@@ -32,7 +32,7 @@ class SideConditioner(nn.Module):
 
     condition_keys = ("probe",)
 
-    def __init__(self, dim: int, taxonomy: Taxonomy, key: str = "probe") -> None:
+    def __init__(self, dim: int, taxonomy: Taxonomy) -> None:
         super().__init__()
         self.k = taxonomy.num_classes
         self.organ = nn.Embedding(self.k + 1, dim)
@@ -93,15 +93,18 @@ def test_backbone_passes_side_information_to_conditioners_that_read_it():
 
 
 def test_batches_carry_probe_indices():
-    samples = [{"organ": 1, "probe": "convex", "global": torch.zeros(2, 1, 8, 8), "_pos": 0},
+    samples = [{"organ": 1, "probe": "convex", "global": torch.zeros(2, 1, 8, 8), "_pos": 0,
+                "depth_cm": 4.5},
                {"organ": 2, "probe": "phased", "global": torch.zeros(2, 1, 8, 8), "_pos": 1},
                {"organ": 2, "global": torch.zeros(2, 1, 8, 8), "_pos": 2}]
     batch = collate_views(samples)
     assert batch["probe"].tolist() == [PROBES.index("convex"), PROBES.index("phased"),
                                        PROBES.index("unknown")]
+    assert batch["depth_cm"][0] == 4.5 and batch["depth_cm"][1:].isnan().all()
     assert torch.equal(batch_condition(batch, ()), batch["organ"])
     both = batch_condition(batch, CONDITION_KEYS)
     assert both["organ"].tolist() == [1, 2, 2] and torch.equal(both["probe"], batch["probe"])
+    assert set(both) == {"organ", "probe", "depth_cm"}
     with pytest.raises(DataError, match="sample 'x7': unknown probe 'sector-2'"):
         probe_indices([{"id": "x7", "probe": "sector-2"}])
 
@@ -117,23 +120,24 @@ def test_step_repeats_side_information_view_major():
 
 def test_a_conditioner_reading_what_the_data_lacks_is_a_config_error():
     check_condition_keys(("probe",), "x")
-    with pytest.raises(ConfigError, match="reads 'depth_cm', which the data does not provide"):
-        check_condition_keys(("probe", "depth_cm"), "conditioner 'y'")
+    check_condition_keys(("probe", "depth_cm"), "x")
+    with pytest.raises(ConfigError, match="reads 'heart_rate', which the data does not provide"):
+        check_condition_keys(("probe", "heart_rate"), "conditioner 'y'")
 
-    class DepthConditioner(SideConditioner):
-        condition_keys = ("depth_cm",)
+    class HeartRateConditioner(SideConditioner):
+        condition_keys = ("heart_rate",)
 
     from arlkit.engine.run import run_recipe
 
-    default_registries.conditioners.add("test_depth", DepthConditioner, provider="tests")
+    default_registries.conditioners.add("test_hr", HeartRateConditioner, provider="tests")
     try:
         out = io.StringIO()
-        with pytest.raises(ConfigError, match=r"model\.conditioner.*'test_depth'.*'depth_cm'"):
-            run_recipe(QUICKSTART, ["model.conditioner.name=test_depth",
+        with pytest.raises(ConfigError, match=r"model\.conditioner.*'test_hr'.*'heart_rate'"):
+            run_recipe(QUICKSTART, ["model.conditioner.name=test_hr",
                                                    "train.steps=1", "run_dir=/nonexistent/x"],
                        stream=out, dry_run=True)
     finally:
-        default_registries.conditioners.remove("test_depth")
+        default_registries.conditioners.remove("test_hr")
 
 
 def test_feature_extraction_feeds_the_probe_to_a_backbone_that_reads_it():

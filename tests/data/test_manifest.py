@@ -140,6 +140,23 @@ def test_integer_labels_stay_integers(tmp_path: Path) -> None:
     assert m.label.tolist() == [3, -1] and m.classes == []
 
 
+def test_depth_column_is_read_and_checked(tmp_path: Path) -> None:
+    rows = [{"path": "a.png", "depth_cm": 4.5}, {"path": "b.png"}, {"path": "c.png", "depth_cm": 12}]
+    write_csv(tmp_path / "m.csv", rows, ["path", "depth_cm"])
+    m = load_manifest(str(tmp_path / "m.csv"))
+    assert m.depth_cm[0] == 4.5 and np.isnan(m.depth_cm[1]) and m.depth_cm[2] == 12
+    assert m.select([2, 0]).depth_cm.tolist() == [12.0, 4.5]
+    assert m.row(0)["depth_cm"] == 4.5
+    write_csv(tmp_path / "n.csv", [{"path": "a.png"}], ["path"])
+    assert np.isnan(load_manifest(str(tmp_path / "n.csv")).row(0)["depth_cm"])  # no column
+    bad = [{"path": "a.png", "depth_cm": "deep"}, {"path": "b.png", "depth_cm": 3},
+           {"path": "c.png", "depth_cm": -1}, {"path": "d.png", "depth_cm": "inf"}]
+    write_csv(tmp_path / "b.csv", bad, ["path", "depth_cm"])
+    with pytest.raises(DataError, match=r"b\.csv: depth_cm must be a positive number .* rows "
+                                        r"1, 3, 4 \(first: 'deep'\)"):
+        load_manifest(str(tmp_path / "b.csv"))
+
+
 def test_label_errors_name_every_row(tmp_path: Path) -> None:
     rows = [{"path": f"{k}.png", "organ": o} for k, o in
             enumerate(["breast", "brest", "liver", "brest", "lung", "kidneys", ""])]  # fmt: skip
@@ -219,7 +236,8 @@ def test_memory_folder_tree(memfs) -> None:
 def test_dataset_sample_contract(tree: Path) -> None:
     ds = ManifestDataset(str(tree), size=48)
     s = ds[0]
-    assert set(s) == {"image", "fov", "organ", "label", "probe", "id", "patient_id", "valid", "frame"}
+    assert set(s) == {"image", "fov", "organ", "label", "probe", "id", "patient_id", "valid", "frame",
+                      "depth_cm"}
     assert s["image"].dtype == torch.float32 and s["fov"].dtype == torch.bool
     assert 0.0 <= s["image"].min() and s["image"].max() <= 1.0
     assert s["id"] == str(tree / "breast" / "img0.png") and s["label"] == -1

@@ -89,10 +89,37 @@ def test_training_feeds_each_image_s_probe(tmp_path):
     names = [*arlkit_probe.PROBE_TYPES, "not recorded"]
     trained = {n for n, r in zip(names, rows.tolist(), strict=True) if r > 0}
     assert trained == {"linear", "convex"}
+    # the synthetic corpus records no depth: its projection gets no gradient
+    assert not tensors["student.backbone.blocks.0.conditioner.depth_proj.weight"].any()
+
+
+def test_training_feeds_a_manifest_s_depth(tmp_path, run):
+    """A manifest's ``depth_cm`` column reaches the conditioner's depth projection."""
+    import io
+
+    from arlkit.engine import checkpoint as ckpt
+    from arlkit.engine.run import run_recipe
+
+    data = tmp_path / "data"
+    assert run("data", "synth", "--out", str(data), "--n", "8", "--organs", "thyroid",
+               "--size", "48").returncode == 0
+    lines = (data / "manifest.csv").read_text().splitlines()
+    depth = [lines[0] + ",depth_cm"] + [f"{row},{3 + i}" for i, row in enumerate(lines[1:])]
+    (data / "manifest.csv").write_text("\n".join(depth) + "\n")
+    toy = ["model.backbone.params.embed_dim=32", "model.backbone.params.depth=2",
+           "model.backbone.params.num_heads=2", "model.backbone.params.img_size=32",
+           f"data.dataset={{name: manifest, params: {{path: {data / 'manifest.csv'}, size: 48}}}}",
+           "data.batch_size=4", "data.num_workers=0", "data.views.params.global_size=32",
+           "data.views.params.local_size=16", "objectives.self_distillation.params.out_dim=32",
+           "optim.warmup_steps=0", "train.steps=2", "train.device=cpu",
+           "model.conditioner.name=probe", f"run_dir={tmp_path / 'run'}"]
+    assert run_recipe(QUICKSTART, toy, stream=io.StringIO()) == 0
+    tensors, _, _ = ckpt.read_checkpoint(str(tmp_path / "run" / "checkpoints" / "step-00000002"))
+    assert tensors["student.backbone.blocks.0.conditioner.depth_proj.weight"].abs().sum() > 0
 
 
 def test_probe_types_follow_arlkit_data():
     from arlkit.data.manifest import PROBES
 
     assert (*arlkit_probe.PROBE_TYPES, "unknown") == PROBES
-    assert arlkit_probe.ProbeConditioner.condition_keys == ("probe",)
+    assert arlkit_probe.ProbeConditioner.condition_keys == ("probe", "depth_cm")

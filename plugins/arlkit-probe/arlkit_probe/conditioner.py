@@ -26,10 +26,11 @@ class ProbeConditioner(nn.Module):
     ``AC = W_o·onehot(organ) + E[probe] + W_d·fourier(depth / max_depth)``; unknown organ
     gives a zero one-hot, unknown probe its own learned row, unknown depth (NaN) zero features.
 
-    In training and evaluation arlkit feeds the ``probe`` of every image (``condition_keys``:
-    the manifest's ``probe`` column, or the synthetic corpus's probe); the imaging depth has
-    no data column, so it is used when a caller passes ``depth_cm`` through the backbone
-    (``backbone.forward_features(x, {"organ": ..., "probe": ..., "depth_cm": ...})``).
+    In training and evaluation arlkit feeds every image's ``probe`` and ``depth_cm``
+    (``condition_keys``): the manifest's ``probe`` and ``depth_cm`` columns, or the synthetic
+    corpus's probe (it has no physical depth: NaN, not recorded). Called directly, pass them
+    through the backbone: ``backbone.forward_features(x, {"organ": ..., "probe": ...,
+    "depth_cm": ...})``.
 
     Args:
         dim: model width C (injected).
@@ -40,7 +41,7 @@ class ProbeConditioner(nn.Module):
         depth_frequencies: number of sin/cos frequency pairs for the depth.
     """
 
-    condition_keys: ClassVar[tuple[str, ...]] = ("probe",)
+    condition_keys: ClassVar[tuple[str, ...]] = ("probe", "depth_cm")
 
     def __init__(
         self,
