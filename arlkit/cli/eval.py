@@ -253,6 +253,7 @@ def _check_pca_args(args: argparse.Namespace) -> None:
 def _viz_pca(args: argparse.Namespace) -> int:
     import torch
 
+    from arlkit.data.condition import CONDITION_KEYS
     from arlkit.eval.backbones import resolve_backbone
     from arlkit.eval.badfiles import BadFiles, warning_line
     from arlkit.eval.data import picture_samples
@@ -282,7 +283,8 @@ def _viz_pca(args: argparse.Namespace) -> int:
     titles = [t for t, s in zip(titles, samples, strict=True) if s.get("valid", True)]
     organs = None if args.no_organ else batch["organ"]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    side = {k: batch[k] for k in CONDITION_KEYS}
     path = pca_figure(batch["image"], [(bb.name, bb.model) for bb in resolved], args.out,
-                      organs=organs, fov=fov, alpha=args.alpha, titles=titles)
+                      organs=organs, fov=fov, alpha=args.alpha, titles=titles, side=side)
     _printer()(f"wrote {path}")
     return 0

@@ -10,7 +10,7 @@ within a column, not across backbones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arlkit.data.condition import batch_condition
 from arlkit.errors import ConfigError
 
 __all__ = ["patch_pca_rgb", "pca_figure"]
@@ -62,7 +63,7 @@ def patch_pca_rgb(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _backbone_rgb(model: nn.Module, images: torch.Tensor, organs: torch.Tensor | None) -> torch.Tensor:
+def _backbone_rgb(model: nn.Module, images: torch.Tensor, organs: Any) -> torch.Tensor:
     p = int(model.patch_size)
     h, w = images.shape[-2:]
     if h % p or w % p:
@@ -82,6 +83,7 @@ def pca_figure(
     fov: torch.Tensor | None = None,
     alpha: float = 0.6,
     titles: Sequence[str] | None = None,
+    side: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
     """Save a grid: each row an image, first column the input, then one overlay per backbone.
 
@@ -93,6 +95,9 @@ def pca_figure(
         fov: ``(B, 1, H, W)`` bool field of view; outside it the overlay is black.
         alpha: weight of the PCA colours over the grey image.
         titles: a label per row (e.g. the organ or class).
+        side: per-image side information (``probe``, ``depth_cm``; a batch of
+            :func:`arlkit.eval.features.collate_samples`): each backbone also gets the keys
+            its conditioners read (``condition_keys``), with ``organs``.
 
     Returns:
         ``path``.
@@ -108,7 +113,9 @@ def pca_figure(
     gray = images.expand(-1, 3, -1, -1)
     panels: list[tuple[str, np.ndarray]] = [("input", gray.permute(0, 2, 3, 1).numpy())]
     for name, model in backbones:
-        rgb = _backbone_rgb(model, images, organs)
+        keys = tuple(getattr(model, "condition_keys", ())) if organs is not None else ()
+        condition = batch_condition({"organ": organs, **(side or {})}, keys) if keys else organs
+        rgb = _backbone_rgb(model, images, condition)
         mix = (1 - alpha) * gray + alpha * rgb
         if fov is not None:
             mix = mix * fov.float()

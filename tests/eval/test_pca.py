@@ -38,3 +38,28 @@ def test_figure(tmp_path) -> None:
     path = pca_figure(images, [("a", tiny_backbone(0)), ("b", tiny_backbone(1))], str(tmp_path / "p.png"),
                       organs=torch.tensor([11, 0]), titles=["x", "y"])
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_figure_feeds_side_information_to_backbones_that_read_it(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+
+    class Recording(torch.nn.Module):
+        """Reads the probe (condition_keys) and records what it was given."""
+
+        condition_keys = ("probe",)
+        patch_size, num_prefix_tokens = 8, 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = []
+
+        def forward_features(self, x, organ=None):
+            self.seen.append(organ)
+            return torch.randn(x.shape[0], 1 + (x.shape[-1] // 8) ** 2, 4)
+
+    reader, plain = Recording(), tiny_backbone(0)
+    organs, probe = torch.tensor([11, 0]), torch.tensor([2, 0])
+    pca_figure(torch.rand(2, 1, 32, 32), [("r", reader), ("p", plain)], str(tmp_path / "p.png"),
+               organs=organs, side={"probe": probe, "depth_cm": torch.tensor([4.0, 5.0])})
+    (seen,) = reader.seen
+    assert set(seen) == {"organ", "probe"} and seen["probe"].tolist() == [2, 0]
