@@ -28,6 +28,7 @@ __all__ = [
     "CONDITION_KEYS",
     "batch_condition",
     "check_condition_keys",
+    "condition_keys",
     "depths",
     "probe_indices",
     "side_information",
@@ -64,6 +65,16 @@ def depths(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
 def side_information(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Every :data:`CONDITION_KEYS` entry of a batch of samples."""
     return {"probe": probe_indices(samples), "depth_cm": depths(samples)}
+
+
+def condition_keys(model: Any) -> tuple[str, ...]:
+    """The side information a backbone's conditioners read (its ``condition_keys``; a model
+    that wraps a backbone as ``.backbone``, e.g. a classifier, answers for it); ``()`` for
+    backbones that read the organ alone or know nothing of conditions."""
+    keys = getattr(model, "condition_keys", None)
+    if keys is None and hasattr(model, "backbone"):
+        keys = getattr(model.backbone, "condition_keys", None)
+    return tuple(keys or ())
 
 
 def check_condition_keys(keys: Iterable[str], where: str) -> None:

@@ -44,14 +44,23 @@ from arlkit.data.decode import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, DecodeError, 
 from arlkit.errors import DataError, closest
 from arlkit.taxonomy import Taxonomy
 
-__all__ = ["COLUMNS", "PROBES", "Manifest", "StringColumn", "load_manifest", "resolve_path"]
+__all__ = [
+    "COLUMNS",
+    "MANIFEST_SUFFIXES",
+    "PROBES",
+    "Manifest",
+    "StringColumn",
+    "load_manifest",
+    "resolve_path",
+    "row_list",
+]
 
 PROBES: tuple[str, ...] = ("linear", "convex", "phased", "unknown")
 _PROBE_ALIASES = {"curvilinear": "convex", "curved": "convex", "sector": "phased", "": "unknown"}
 COLUMNS: tuple[str, ...] = (
     "path", "organ", "probe", "split", "label", "mask", "patient_id", "frame", "depth_cm",
 )  # fmt: skip
-_MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 
 
 @dataclass
@@ -237,10 +246,10 @@ def _scan_tree(fs: Any, root: str, source: str, taxonomy: Taxonomy) -> list[dict
 
 def _read_table(fs: Any, root: str, source: str) -> list[dict[str, Any]]:
     suffix = posixpath.splitext(root.lower())[1]
-    if suffix not in _MANIFEST_SUFFIXES:
+    if suffix not in MANIFEST_SUFFIXES:
         raise DataError(
             f"{source}: unknown manifest format {suffix or '(no extension)'!r}; use a folder "
-            f"of organ sub-folders or one of {', '.join(_MANIFEST_SUFFIXES)}"
+            f"of organ sub-folders or one of {', '.join(MANIFEST_SUFFIXES)}"
         )
     if suffix in (".parquet", ".pq"):
         rows = _read_parquet(fs, root, source)
@@ -339,9 +348,9 @@ def _to_columns(
     problems = [
         f"unknown organ {label!r}" + (f" (did you mean {closest(label.lower(), taxonomy.names)!r}?)"
                                       if closest(label.lower(), taxonomy.names) else "")
-        + f" in {_rows(rows)}"
+        + f" in {row_list(rows)}"
         for label, rows in bad_organs.items()
-    ] + [f"unknown probe {p!r} in {_rows(rows)} (probes: {', '.join(PROBES)})"
+    ] + [f"unknown probe {p!r} in {row_list(rows)} (probes: {', '.join(PROBES)})"
          for p, rows in bad_probes.items()]  # fmt: skip
     if problems:
         todo = []
@@ -410,14 +419,15 @@ def _depths(records: list[dict[str, Any]], source: str) -> np.ndarray:
         first = _text(records[bad[0] - 1].get("depth_cm"))
         raise DataError(
             f"{source}: depth_cm must be a positive number of centimetres (or empty: not "
-            f"recorded); {_rows(bad)} (first: {first!r}). Rows count from 1 after the header"
+            f"recorded); {row_list(bad)} (first: {first!r}). Rows count from 1 after the header"
         )
     return out
 
 
-def _rows(rows: list[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:10])
-    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+def row_list(rows: Sequence[int], limit: int = 10) -> str:
+    """``row 3`` / ``rows 3, 5 and 2 more`` of row numbers (counting from 1 after the header)."""
+    shown = ", ".join(str(r) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 

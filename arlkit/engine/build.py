@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from arlkit.data.condition import check_condition_keys
+from arlkit.data.condition import check_condition_keys, condition_keys
 from arlkit.engine.export import backbone_config, build_backbone
 from arlkit.engine.objectives import Objective, ObjectiveContext
 from arlkit.errors import ConfigError, DataError, closest
@@ -123,8 +123,8 @@ def _build(recipe: Recipe, registries: Registries | None) -> Components:
     with _at("model"):
         backbone = build_backbone(config, registries)
     with _at("model.conditioner"):
-        keys = getattr(backbone, "condition_keys", ())
-        check_condition_keys(keys, f"conditioner {recipe.model.conditioner.name!r}")
+        check_condition_keys(condition_keys(backbone),
+                             f"conditioner {recipe.model.conditioner.name!r}")
     with _at("data.dataset.params"):
         dataset = registries.datasets.build(
             recipe.data.dataset.name, recipe.data.dataset.params, taxonomy=taxonomy

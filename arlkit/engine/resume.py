@@ -37,29 +37,29 @@ RECIPE_FILE = "recipe.resolved.yaml"
 #: forgotten ``train.steps=...`` override is the commonest way to get it wrong). Training
 #: longer or otherwise is a new run directory started from a checkpoint (``run_dir=NEW
 #: --resume CKPT``), which records its own recipe.
-RESUME_FREE_KEYS: dict[str, str] = {
+RESUME_FREE_KEYS: tuple[str, ...] = (
     # where the outputs go: the directory resumed is this one, however its path is spelt
     # (`runs/{name}` in the file, `run_dir=runs/x` on the command line, a moved directory)
-    "run_dir": "the run directory itself",
+    "run_dir",
     # a label: messages, checkpoint metadata and the `{name}` of run_dir (compared resolved
     # above); a copy of the recipe under another file name gets another default name
-    "name": "the run's label",
+    "name",
     # how the run is watched and what is kept: no step reads them
-    "train.log_every": "progress lines",
-    "train.tensorboard": "TensorBoard scalars",
-    "train.ckpt_every": "checkpoint interval",
-    "train.keep_last": "checkpoints kept",
-    "train.export": "the export at the end",
-    "train.max_nonfinite": "when a run of non-finite steps stops training",
+    "train.log_every",
+    "train.tensorboard",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.export",
+    "train.max_nonfinite",
     # where and how the same computation runs, like the number of processes (which is not
     # in the recipe at all): results agree to floating-point rounding, so a run started on
     # a GPU may continue on the CPU. train.precision is not here: bf16 changes the arithmetic
-    "train.device": "the device",
-    "train.compile": "torch.compile of the backbone (state_dict keys are unchanged)",
+    "train.device",
+    "train.compile",  # torch.compile of the backbone: state_dict keys are unchanged
     # views are seeded by (seed, epoch, index) and the loader has its own generator, so the
     # batches are the same with any number of loader processes
-    "data.num_workers": "loader processes",
-}
+    "data.num_workers",
+)
 
 
 def resume_command(run_dir: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from arlkit.data.condition import condition_keys
 from arlkit.engine import checkpoint as ckpt
 from arlkit.engine.build import Components
 from arlkit.engine.data import BatchPlan, StepBatchSampler, make_loader, seed_for
@@ -58,7 +59,7 @@ class Trainer:
         self.recipe = recipe
         self.student = comps.student.to(device)
         # side information the conditioners read (e.g. probe), taken from every batch
-        self.condition_keys = tuple(getattr(self.student.backbone, "condition_keys", ()))
+        self.condition_keys = condition_keys(self.student.backbone)
         self.teacher = comps.teacher.to(device) if comps.teacher is not None else None
         for obj in comps.objectives:
             obj.to(device)

@@ -32,14 +32,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from arlkit.data.manifest import MANIFEST_SUFFIXES, row_list
 from arlkit.errors import ConfigError, DataError, closest
 from arlkit.eval.manifest_checks import (
-    MANIFEST_SUFFIXES,
     SPLIT_NAMES,
     check_label_kinds,
     check_split_values,
     manifests_in,
-    row_list,
 )
 from arlkit.eval.splits import grouped_split, label_fraction_indices, parse_fractions
 from arlkit.taxonomy import Taxonomy
@@ -258,7 +257,7 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
                             "organ folder to use them")
         else:
             warnings.append(f"--data {spec}: {len(left)} of {len(m)} rows have no {lacking} and "
-                            f"are left out ({row_list(left, 3)}: {m.paths[left[0]]}, ...); give "
+                            f"are left out ({row_list([i + 1 for i in left], 3)}: {m.paths[left[0]]}, ...); give "
                             f"them a {lacking} to use them")
     y = labels[keep].clip(min=0)
     groups = [m.patient_id[i] for i in keep]
@@ -267,7 +266,7 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
         missing = [int(keep[k]) for k, g in enumerate(given) if not g]
         if missing:
             raise DataError(
-                f"--data {spec}: {row_list(missing)} ({m.paths[missing[0]]}"
+                f"--data {spec}: {row_list([i + 1 for i in missing])} ({m.paths[missing[0]]}"
                 f"{', ...' if len(missing) > 1 else ''}) {'have' if len(missing) > 1 else 'has'} no "
                 "split value while other rows name theirs (rows count from 1 after the header); "
                 "give every row a split (train, val or test), or leave the whole column empty to "

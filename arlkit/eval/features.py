@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from arlkit.data.condition import batch_condition, side_information
+from arlkit.data.condition import batch_condition, condition_keys, side_information
 from arlkit.errors import ConfigError, closest
 from arlkit.eval.badfiles import BadFiles
 
@@ -241,7 +241,7 @@ def extract_features(
                         collate_fn=collate_samples)
     feats, labels, organs = [], [], []
     prefix = int(getattr(backbone, "num_prefix_tokens", 1))
-    keys = tuple(getattr(backbone, "condition_keys", ()))
+    keys = condition_keys(backbone)
     bad = BadFiles(split)
     for batch in loader:
         bad.add(batch)

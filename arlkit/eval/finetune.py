@@ -21,7 +21,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader
 
-from arlkit.data.condition import batch_condition
+from arlkit.data.condition import batch_condition, condition_keys
 from arlkit.errors import ConfigError
 from arlkit.eval.badfiles import BadFiles
 from arlkit.eval.features import collate_samples, pool_tokens
@@ -145,11 +145,6 @@ class Classifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
-    @property
-    def condition_keys(self) -> tuple[str, ...]:
-        """Side information the backbone's conditioners read (see :mod:`arlkit.data.condition`)."""
-        return tuple(getattr(self.backbone, "condition_keys", ()))
-
     def forward(self, x: torch.Tensor, organ: Any = None) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, 1, H, W)``; ``organ``: the condition."""
         tokens = self.backbone.forward_features(x, organ if self.use_organ else None)
@@ -199,7 +194,7 @@ def schedule(epochs: int, steps: int | None, per_epoch: int) -> tuple[int, int]:
 def condition(model: nn.Module, batch: dict[str, Any], device: torch.device) -> Any:
     """The condition of a batch for ``model`` (organ indices, plus the side information its
     backbone's conditioners read)."""
-    return batch_condition(batch, getattr(model, "condition_keys", ()), device)
+    return batch_condition(batch, condition_keys(model), device)
 
 
 @torch.no_grad()

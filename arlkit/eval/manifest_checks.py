@@ -9,33 +9,18 @@ folder, which a folder tree of organ sub-folders does not read.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from arlkit.data.manifest import MANIFEST_SUFFIXES, row_list
 from arlkit.errors import DataError, closest
 
-__all__ = [
-    "MANIFEST_SUFFIXES",
-    "SPLIT_NAMES",
-    "check_label_kinds",
-    "check_split_values",
-    "manifests_in",
-    "row_list",
-]
+__all__ = ["SPLIT_NAMES", "check_label_kinds", "check_split_values", "manifests_in"]
 
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 #: Accepted values of a ``split`` column (any case) and the split each one means.
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "dev": "val", "test": "test", "testing": "test"}
-
-
-def row_list(rows: Sequence[int], limit: int = 10) -> str:
-    """``row 3`` / ``rows 3, 5 and 2 more`` (0-based indices, shown from 1)."""
-    shown = ", ".join(str(r + 1) for r in rows[:limit])
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
 def check_split_values(spec: str, m: Any) -> None:
@@ -43,7 +28,7 @@ def check_split_values(spec: str, m: Any) -> None:
     bad: dict[str, list[int]] = {}
     for i, value in enumerate(m.split):
         if value and value.lower() not in SPLIT_NAMES:
-            bad.setdefault(value, []).append(i)
+            bad.setdefault(value, []).append(i + 1)  # row numbers count from 1
     if bad:
         parts = []
         for value, rows in bad.items():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlkit.data.condition import batch_condition
+from arlkit.data.condition import batch_condition, condition_keys
 from arlkit.errors import ConfigError
 
 __all__ = ["patch_pca_rgb", "pca_figure"]
@@ -113,7 +113,7 @@ def pca_figure(
     gray = images.expand(-1, 3, -1, -1)
     panels: list[tuple[str, np.ndarray]] = [("input", gray.permute(0, 2, 3, 1).numpy())]
     for name, model in backbones:
-        keys = tuple(getattr(model, "condition_keys", ())) if organs is not None else ()
+        keys = condition_keys(model) if organs is not None else ()
         condition = batch_condition({"organ": organs, **(side or {})}, keys) if keys else organs
         rgb = _backbone_rgb(model, images, condition)
         mix = (1 - alpha) * gray + alpha * rgb

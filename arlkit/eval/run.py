@@ -215,8 +215,9 @@ def run_eval(
     torch.manual_seed(cfg.seed)
     bb = backbone or resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
     out = cfg.out or default_out(cfg.protocol, cfg.data, bb.name)
-    check_dir("--out", out)
-    check_fresh(out, cfg.overwrite)
+    if cfg.out is None:  # a given --out was checked with the settings
+        check_dir("--out", out)
+        check_fresh(out, cfg.overwrite)
     patch = int(getattr(bb.model, "patch_size", 16))
     size = cfg.image_size or int(getattr(bb.model, "img_size", 224))
     if size % patch:

@@ -106,11 +106,6 @@ class SegmentationModel(nn.Module):
             backbone.requires_grad_(False)
         self.head = UPerNet(int(backbone.embed_dim), num_classes, channels)
 
-    @property
-    def condition_keys(self) -> tuple[str, ...]:
-        """Side information the backbone's conditioners read (see :mod:`arlkit.data.condition`)."""
-        return tuple(getattr(self.backbone, "condition_keys", ()))
-
     def forward(self, x: torch.Tensor, organ: Any = None) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` of images ``(B, 1, H, W)``; ``organ``: the condition."""
         unique = sorted(set(self.indices))

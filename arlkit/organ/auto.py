@@ -49,8 +49,7 @@ class AutoOrganBackbone(nn.Module):
                 f"organ auto: head width {head.fc.in_features} != backbone width {backbone.embed_dim}"
             )
         self.backbone, self.head, self.default = backbone, head, default
-        for attr in ("embed_dim", "patch_size", "num_prefix_tokens", "in_chans", "depth", "taxonomy",
-                     "condition_keys"):
+        for attr in ("embed_dim", "patch_size", "num_prefix_tokens", "in_chans", "depth", "taxonomy"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
 
