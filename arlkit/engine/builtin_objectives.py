@@ -19,6 +19,7 @@ from arlkit.losses import (
     SelfDistillationLoss,
     SpeckleGANLoss,
     mim_loss,
+    normalize_patches,
     patchify,
 )
 from arlkit.losses.adversarial import masked_patch_pairs
@@ -98,9 +99,12 @@ class MIMObjective(Objective):
             if step.global_clean is None:  # checked at build time; a custom loop may forget
                 raise ConfigError(f"{self.name}: target: clean but the step has no global_clean")
             image = step.global_clean
-        target = patchify(image, self.context.patch_size)  # (R, N, P·P·C)
+        target = patchify(image, self.context.patch_size).float()  # (R, N, P·P·C)
+        if self.norm_pix:
+            target = normalize_patches(target)
+        # the pair the loss compares: speckle_gan shows D real patches on the scale of pred
         step.cache["mim"] = (pred, target)
-        return mim_loss(pred.float(), target.float(), step.mask, self.norm_pix, self.loss_kind)
+        return mim_loss(pred.float(), target, step.mask, loss=self.loss_kind)
 
     def balance_parameter(self, student: nn.Module) -> Tensor:
         return student.heads[self.name]["decoder"].last_layer.weight
@@ -177,11 +181,10 @@ class SpeckleGANObjective(Objective):
         with autocast:
             real_logits = disc(real)
             fake_logits = disc(fake.detach())
+        # given real_inputs, the criterion adds R1 with its γ/2 weight when r1_gamma > 0
         loss = self.criterion.discriminator_loss(
-            real_logits.float(), fake_logits.float(), step.index
+            real_logits.float(), fake_logits.float(), step.index, real_inputs=real
         )
-        if self.criterion.r1_gamma > 0:
-            loss = loss + self.criterion.r1_penalty(real_logits.float(), real)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _all_reduce_grads(disc)
@@ -391,7 +394,9 @@ class KoLeoObjective(Objective):
     """DINOv2's KoLeo regulariser on the student's class tokens of the global views
     (:class:`arlkit.losses.KoLeoLoss`; neighbours searched among the images of one view
     on this process). It spreads the images over the feature sphere, against the collapse
-    of the features onto a few directions; give it a small recipe weight (DINOv2: 0.1).
+    of the features onto a few directions; give it a small recipe weight. DINOv2's 0.1
+    multiplies the *sum* of its two global views' losses, this the *mean* over the
+    ``n_global`` views: DINOv2's strength is a weight of ``0.1 · n_global`` (0.2) here.
 
     Args:
         context: injected by the engine.
