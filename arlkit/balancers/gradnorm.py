@@ -10,6 +10,12 @@ global batch.
 
 The total is ``Σ_{k ≠ adv} L_k + λ · L_adv`` (for ARL: ``L_SD + (L_MIM + λ·L_adv)``).
 
+Because λ rescales the adaptive gradient to the reference's, a constant factor on ``L_adv``
+cancels: ``λ(c·L_adv) · c·L_adv = λ(L_adv) · L_adv`` (up to ε). A recipe weight on the
+adaptive objective would therefore do nothing, so the engine refuses one
+(:attr:`GradNormRatio.cancels_weight_of`); ``scale`` (VQGAN's ``discriminator_weight``)
+multiplies λ instead.
+
 Example::
 
     balancer = GradNormRatio(reference="mim", adaptive="speckle_gan")
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -59,7 +65,9 @@ class GradNormRatio:
     Args:
         reference: name of the loss whose gradient sets the scale (``L_MIM``).
         adaptive: name of the loss that gets the weight λ (``L_adv^(G)``).
-        max_weight: upper clamp of λ (the lower clamp is 0).
+        max_weight: upper clamp of the ratio (the lower clamp is 0).
+        scale: multiplies the clamped ratio: λ = scale · clamp(ratio), VQGAN's
+            ``discriminator_weight`` (the knob for the adversarial strength; 1 in ARL).
         eps: added to the adaptive gradient norm.
         fallback: λ used when the ratio is not finite (counted in
             :attr:`nonfinite_count`, warned about once); must be in ``[0, max_weight]``.
@@ -70,6 +78,10 @@ class GradNormRatio:
         ConfigError: bad option values.
     """
 
+    #: Attributes naming losses whose recipe weight cancels out in the total (the engine
+    #: refuses a weight other than 1 there, as it would silently do nothing).
+    cancels_weight_of: ClassVar[tuple[str, ...]] = ("adaptive",)
+
     def __init__(
         self,
         reference: str = "mim",
@@ -78,6 +90,7 @@ class GradNormRatio:
         eps: float = 1e-4,
         fallback: float = 0.0,
         every: int = 1,
+        scale: float = 1.0,
     ) -> None:
         if reference == adaptive:
             raise ConfigError(
@@ -95,12 +108,15 @@ class GradNormRatio:
             )
         if every < 1:
             raise ConfigError(f"gradnorm_ratio: every must be >= 1, got {every}")
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ConfigError(f"gradnorm_ratio: scale must be finite and >= 0, got {scale}")
         self.reference = reference
         self.adaptive = adaptive
         self.max_weight = float(max_weight)
         self.eps = float(eps)
         self.fallback = float(fallback)
         self.every = int(every)
+        self.scale = float(scale)
         self.calls = 0  # calls with an active adaptive term
         self.last_lambda = 0.0
         self.nonfinite_count = 0
@@ -183,7 +199,7 @@ class GradNormRatio:
                     stacklevel=3,
                 )
             return self.fallback
-        return min(max(lam, 0.0), self.max_weight)
+        return self.scale * min(max(lam, 0.0), self.max_weight)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers, loadable with ``torch.load(weights_only=True)``."""
@@ -203,5 +219,5 @@ class GradNormRatio:
         return (
             f"GradNormRatio(reference={self.reference!r}, adaptive={self.adaptive!r}, "
             f"max_weight={self.max_weight}, eps={self.eps}, fallback={self.fallback}, "
-            f"every={self.every})"
+            f"every={self.every}, scale={self.scale})"
         )

@@ -95,6 +95,23 @@ def _check_balancer_names(balancer: Any, names: tuple[str, ...]) -> None:
             )
 
 
+def _check_cancelled_weights(balancer: Any, recipe: Recipe) -> None:
+    """A recipe weight that the balancer cancels (``gradnorm_ratio`` rescales its adaptive
+    loss's gradient to the reference's) would do nothing: refuse it, naming the knob that
+    works."""
+    for attr in getattr(balancer, "cancels_weight_of", ()):
+        name = getattr(balancer, attr, None)
+        for i, spec in enumerate(recipe.objectives):
+            if spec.name == name and spec.weight not in (0.0, 1.0):  # 0 switches it off
+                knob = ("balancer.params.scale (λ = scale · ratio)" if hasattr(balancer, "scale")
+                        else "the balancer's parameters")
+                raise ConfigError(
+                    f"objectives[{i}].weight: {spec.weight:g} has no effect on {name!r}: balancer "
+                    f"{recipe.balancer.name!r} rescales its gradient to its reference loss's, so a "
+                    f"fixed weight cancels out; leave the weight at 1 and set {knob} instead"
+                )
+
+
 def build_components(
     recipe: Recipe, registries: Registries | None = None, source: str | None = None
 ) -> Components:
@@ -172,5 +189,6 @@ def _build(recipe: Recipe, registries: Registries | None) -> Components:
     with _at("balancer.params"):
         balancer = registries.balancers.build(recipe.balancer.name, recipe.balancer.params)
     _check_balancer_names(balancer, names)
+    _check_cancelled_weights(balancer, recipe)
     return Components(recipe, taxonomy, student, teacher, objectives, balancer, dataset,
                       views, context, config)

@@ -51,6 +51,31 @@ def test_scaling_both_losses_leaves_lambda_unchanged(seed: int, c: float) -> Non
     assert w2["lambda"] == pytest.approx(w1["lambda"], rel=1e-9)
 
 
+@given(seed=st.integers(0, 10_000), c=st.floats(1e-2, 1e2))
+@SETTINGS
+def test_a_constant_factor_on_the_adaptive_loss_cancels(seed: int, c: float) -> None:
+    """Why the engine refuses a recipe weight on the adaptive objective: the total's gradient
+    is the same whatever constant multiplies ``L_adv`` (with ε = 0)."""
+    w, x_ref, x_adv = _problem(seed)
+    grads = []
+    for b in (1.0, c):
+        total, _ = GradNormRatio(eps=0.0, max_weight=1e12)(_losses(w, x_ref, x_adv, b=b), w)
+        grads.append(torch.autograd.grad(total, w)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+    assert GradNormRatio.cancels_weight_of == ("adaptive",)
+
+
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.0, 10.0), max_weight=st.floats(0.5, 50))
+@SETTINGS
+def test_scale_multiplies_the_clamped_ratio(seed: int, scale: float, max_weight: float) -> None:
+    # VQGAN: d_weight = clamp(ratio, 0, 1e4) * discriminator_weight
+    w, x_ref, x_adv = _problem(seed)
+    _, weights = GradNormRatio(eps=1e-4, max_weight=max_weight, scale=scale)(
+        _losses(w, x_ref, x_adv), w)
+    expected = scale * _hand_lambda(w, x_ref, x_adv, 1.0, 1.0, 1e-4, max_weight)
+    assert weights["lambda"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 @given(seed=st.integers(0, 10_000), alpha=st.floats(1e-3, 1e3), max_weight=st.floats(0.5, 50))
 @SETTINGS
 def test_scaling_reference_by_alpha_scales_lambda_within_clamp(
@@ -227,3 +252,6 @@ def test_configuration_errors() -> None:
         GradNormRatio(max_weight=1.0, fallback=2.0)
     with pytest.raises(ConfigError, match="every"):
         GradNormRatio(every=0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="scale must be finite and >= 0"):
+            GradNormRatio(scale=bad)

@@ -228,6 +228,21 @@ def test_balancer_names_must_be_objectives(toy, key, value, message):
                    dry_run=True)
 
 
+def test_a_weight_the_balancer_cancels_is_refused(toy):
+    # gradnorm_ratio rescales speckle_gan's gradient to mim's: a weight of 0.5 would do nothing
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            "objectives[1].weight: 0.5 has no effect on 'speckle_gan': balancer 'gradnorm_ratio' "
+            "rescales its gradient")) as info:
+        run_recipe(recipe, toy("quickstart.yaml") + ["objectives.speckle_gan.weight=0.5"],
+                   dry_run=True)
+    assert "set balancer.params.scale" in str(info.value)
+    # what works: the balancer's scale, a weight of 0 (off), and weights on the other losses
+    for override in ("balancer.params.scale=0.5", "objectives.speckle_gan.weight=0",
+                     "objectives.mim.weight=2"):
+        assert run_recipe(recipe, toy("quickstart.yaml") + [override], dry_run=True) == 0
+
+
 def test_bad_resume_path_leaves_the_run_dir_alone(toy, tmp_path):
     with pytest.raises(ArlkitError, match="--resume .*not a complete arlkit checkpoint"):
         run_recipe(str(RECIPES / "quickstart.yaml"), toy("quickstart.yaml"),
