@@ -10,6 +10,24 @@ from arlkit.errors import ConfigError
 __all__ = ["DWConvOffsetNet"]
 
 
+def _stride_like_grads(weight: nn.Parameter) -> None:
+    """Give a depthwise or ``1×1`` conv weight the channels-last strides of its gradients.
+
+    The offset net reads a channels-last view of the token grid, so the convolutions'
+    weight gradients come back channels-last: ``(9, 1, 3, 1)`` for a ``(C, 1, 3, 3)``
+    depthwise weight where the parameter has ``(9, 9, 3, 1)``. Those differ only on dims of
+    size 1, so the memory is the same, but DDP compares strides exactly and warned "grad
+    strides do not match bucket view strides" (and copied every gradient). Re-striding the
+    parameter (same storage, still ``is_contiguous()``, so checkpoints are unchanged) makes
+    the two agree.
+    """
+    out_c, in_c, kh, kw = weight.shape
+    strides = (in_c * kh * kw, 1, kw * in_c, in_c)  # torch.channels_last for this shape
+    if all(a == b for a, b, n in zip(strides, weight.stride(), weight.shape, strict=True)
+           if n > 1):  # the same memory layout: only size-1 dims may differ
+        weight.data = weight.data.as_strided(weight.shape, strides)
+
+
 class DWConvOffsetNet(nn.Module):
     """Depthwise ``k×k`` conv → GELU → ``1×1`` conv to ``2·num_points`` offset channels.
 
@@ -45,6 +63,8 @@ class DWConvOffsetNet(nn.Module):
         self.proj = nn.Conv2d(dim, 2 * num_points, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        for conv in (self.dw, self.proj):
+            _stride_like_grads(conv.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` → offsets ``(B, 2·num_points, H, W)`` in pixels."""
