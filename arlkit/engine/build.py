@@ -185,7 +185,9 @@ def _build(recipe: Recipe, registries: Registries | None) -> Components:
     student = Student(backbone, {o.name: o.build_heads() for o in objectives})
     teacher = None
     if any(o.needs_teacher for o in objectives):
-        teacher = copy.deepcopy(student).requires_grad_(False)
+        # a deterministic teacher, as in DINO (built without drop path): eval mode turns off
+        # stochastic depth, dropout and conditioning dropout; its buffers follow the student's
+        teacher = copy.deepcopy(student).requires_grad_(False).eval()
     with _at("balancer.params"):
         balancer = registries.balancers.build(recipe.balancer.name, recipe.balancer.params)
     _check_balancer_names(balancer, names)

@@ -4,6 +4,8 @@ KoLeo regulariser (``koleo``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -145,6 +147,7 @@ class SpeckleGANObjective(Objective):
             in_dim=context.in_chans, base_channels=disc_width, spectral_norm=spectral_norm
         )
         self.max_patches = max_patches
+        self._micro_batches: int | None = None  # counted while the engine accumulates
         self.optimizer = torch.optim.Adam(
             self.aux["discriminator"].parameters(), lr=lr, betas=(0.5, 0.9)
         )
@@ -185,11 +188,37 @@ class SpeckleGANObjective(Objective):
         loss = self.criterion.discriminator_loss(
             real_logits.float(), fake_logits.float(), step.index, real_inputs=real
         )
+        if self._micro_batches is None:  # called outside the engine's step: step now
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._step_discriminator(1)
+        else:  # accumulate; the step's last micro-batch is followed by one optimizer step
+            loss.backward()
+            self._micro_batches += 1
+        return {"loss_disc": float(loss.detach())}
+
+    @contextlib.contextmanager
+    def accumulating(self) -> Iterator[None]:
+        """The discriminator takes one optimizer step per training step, on the mean of its
+        micro-batches' gradients (a skipped step discards them)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self._micro_batches = 0
+        try:
+            yield
+            if self._micro_batches:
+                self._step_discriminator(self._micro_batches)
+        finally:
+            self._micro_batches = None
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _step_discriminator(self, micro_batches: int) -> None:
+        disc = self.aux["discriminator"]
+        if micro_batches > 1:
+            for param in disc.parameters():
+                if param.grad is not None:
+                    param.grad.div_(micro_batches)
         _all_reduce_grads(disc)
         self.optimizer.step()
-        return {"loss_disc": float(loss.detach())}
 
     def aux_state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
@@ -229,6 +258,10 @@ class _DistillationObjective(Objective):
         from arlkit.models.heads import DINOHead
 
         return nn.ModuleDict({"head": DINOHead(**self.head_args)})
+
+    def accumulating(self) -> contextlib.AbstractContextManager[Any]:
+        """One center update per training step, over all its micro-batches."""
+        return self.aux["criterion"].accumulating_center()
 
     def after_backward(self, step: Step, student: nn.Module) -> None:
         if step.index < self.freeze_last_layer_steps:

@@ -12,6 +12,7 @@ needs ``mim``), ``self_distillation`` (DINO with an EMA teacher); beyond the pap
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +116,21 @@ class Objective(nn.Module):
         """Edit gradients before the optimizer step (e.g. freeze a last layer for a while)."""
 
     def auxiliary_step(self, step: Step, autocast: Any) -> dict[str, float]:
-        """Train auxiliary modules after the main step (e.g. the discriminator); returns logs."""
+        """Train auxiliary modules after the main step (e.g. the discriminator); returns logs.
+
+        Called once per micro-batch, inside :meth:`accumulating`."""
         return {}
+
+    def accumulating(self) -> contextlib.AbstractContextManager[Any]:
+        """A context the engine holds open over the micro-batches of one optimizer step.
+
+        State that belongs to the optimizer step rather than to a micro-batch moves when it
+        closes, so that ``optim.accum_steps`` micro-batches act as one batch of them all
+        (the distillation center, the discriminator's optimizer step). The context sees an
+        exception when the step is skipped (a non-finite loss or gradient) and then moves
+        nothing. The default holds nothing.
+        """
+        return contextlib.nullcontext()
 
     def aux_state_dict(self) -> dict[str, Any]:
         """Non-module state (auxiliary optimizers), loadable with ``weights_only=True``."""

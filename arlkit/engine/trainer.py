@@ -30,6 +30,10 @@ class TrainingStopped(ArlkitError):
     """The run stopped on purpose (non-finite losses, Ctrl-C); the message says why."""
 
 
+class _SkippedStep(Exception):
+    """A non-finite loss or gradient norm: the step changes nothing."""
+
+
 @dataclass
 class TrainResult:
     steps_done: int
@@ -214,11 +218,32 @@ class Trainer:
 
     def _train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float] | None:
         lr = self._set_schedules()
-        accum = len(micro_batches)
-        mask_full = self._global_mask(self.c.context.n_global)
         logs: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        finite = True
+        try:
+            with contextlib.ExitStack() as per_step:
+                # state that moves once per optimizer step (a center, the discriminator)
+                # moves when these close; a skipped step raises through them
+                for obj in self.c.objectives:
+                    per_step.enter_context(obj.accumulating())
+                self._accumulate(micro_batches, logs)
+        except _SkippedStep:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.teacher is not None:
+            self._ema_update()
+        logs = self._mean_over_processes(logs)
+        logs["lr"] = lr
+        return logs
+
+    def _accumulate(self, micro_batches: list[dict[str, Any]], logs: dict[str, float]) -> None:
+        """Forward and backward every micro-batch, then clip and step the optimizer.
+
+        Raises:
+            _SkippedStep: a loss or the gradient norm is not finite (on any process).
+        """
+        accum = len(micro_batches)
+        mask_full = self._global_mask(self.c.context.n_global)
         step = None
         for i, batch in enumerate(micro_batches):
             step = self._make_step(batch, mask_full)
@@ -234,8 +259,7 @@ class Trainer:
                 weighted = {o.name: losses[o.name].float() * o.weight for o in self.c.objectives}
                 total, weights = self.c.balancer(weighted, self.balance_param)
                 if not self._all_finite(total):
-                    finite = False
-                    break
+                    raise _SkippedStep
                 (total / accum).backward()
             for obj in self.c.objectives:
                 for key, value in obj.auxiliary_step(step, self.autocast).items():
@@ -245,22 +269,15 @@ class Trainer:
             logs["loss"] = logs.get("loss", 0.0) + float(total.detach()) / accum
             for key, value in weights.items():
                 logs[f"w_{key}"] = float(value)
-        if finite and step is not None:
-            for obj in self.c.objectives:
+        for obj in self.c.objectives:
+            if step is not None:
                 obj.after_backward(step, self.student)
-            clip = self.recipe.optim.grad_clip
-            norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip or math.inf)
-            finite = self._all_finite(norm)
-            logs["grad_norm"] = float(norm)
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+        clip = self.recipe.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip or math.inf)
+        if not self._all_finite(norm):
+            raise _SkippedStep
+        logs["grad_norm"] = float(norm)
         self.optimizer.step()
-        if self.teacher is not None:
-            self._ema_update()
-        logs = self._mean_over_processes(logs)
-        logs["lr"] = lr
-        return logs
 
     def _mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
         """Logged values of the global batch: the mean of the processes' values."""
@@ -277,6 +294,9 @@ class Trainer:
         m = cosine(self.step, self.recipe.train.steps, t.momentum, t.momentum_end)
         for p_t, p_s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
             p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
+        # running statistics (a head's batch norm) are copied: the teacher runs in eval mode
+        for b_t, b_s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+            b_t.copy_(b_s)
 
     # ------------------------------------------------------------------ loop
     def _on_sigint(self, signum: int, frame: Any) -> None:

@@ -20,9 +20,18 @@ Example::
     loss = loss_fn(student_head(student(views)), teacher_head(teacher(globals)), step)
 
 ``step`` (the optimizer step) drives the warm-up; without a warm-up it may be left out.
+
+With gradient accumulation, call the loss of every micro-batch inside
+``with loss_fn.accumulating_center():``. Each call then uses the center from before the
+block, and the center moves once on leaving it, by the mean over all the micro-batches, as
+it would for one batch of them all. Otherwise it moves once per call, and ``k``
+micro-batches make its momentum ``m^k`` per optimizer step.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -85,6 +94,7 @@ class _CenteredDistillation(nn.Module):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(*center_shape, out_dim))
+        self._pending: list[Tensor] | None = None  # (sum, count) while accumulating
 
     def teacher_temp_at(self, step: int | None) -> float:
         """Teacher temperature at ``step`` (see :func:`teacher_temperature`); ``None``: the
@@ -112,7 +122,8 @@ class _CenteredDistillation(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: Tensor) -> None:
         """``c ← m·c + (1-m)·mean(teacher_out)``, the mean over every output row of every
-        process (all leading dimensions: views, and patches for iBOT).
+        process (all leading dimensions: views, and patches for iBOT). Inside
+        :meth:`accumulating_center` the rows are only added to the pending mean.
 
         Args:
             teacher_out: ``(..., D)`` teacher outputs.
@@ -120,6 +131,39 @@ class _CenteredDistillation(nn.Module):
         flat = teacher_out.detach().float().reshape(-1, teacher_out.shape[-1])
         batch_sum = flat.sum(dim=0)
         count = torch.tensor(float(flat.shape[0]), device=batch_sum.device)
+        if self._pending is not None:
+            if self._pending:
+                batch_sum, count = batch_sum + self._pending[0], count + self._pending[1]
+            self._pending = [batch_sum, count]
+            return
+        self._apply_center(batch_sum, count)
+
+    @contextlib.contextmanager
+    def accumulating_center(self) -> Iterator[None]:
+        """One center update for all the calls inside the block (gradient accumulation).
+
+        Every call inside uses the center from before the block. On leaving, the center
+        moves once, by the mean teacher output over all the calls (one all-reduce), exactly
+        as one call on all their rows would. If the block raises, the pending rows are
+        dropped (a skipped step moves nothing).
+
+        Raises:
+            RuntimeError: the block is entered again while open.
+        """
+        if self._pending is not None:
+            raise RuntimeError(f"{type(self).__name__}: accumulating_center is already open")
+        self._pending = []
+        try:
+            yield
+        except BaseException:
+            self._pending = None
+            raise
+        pending, self._pending = self._pending, None
+        if pending:
+            self._apply_center(*pending)
+
+    @torch.no_grad()
+    def _apply_center(self, batch_sum: Tensor, count: Tensor) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)

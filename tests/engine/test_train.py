@@ -421,3 +421,70 @@ def test_koleo_trains_on_the_students_class_tokens(toy, tmp_path):
                   c.context.grid, 2, 0)
     with pytest.raises(ConfigError, match="raise data.batch_size"):
         koleo.loss(lonely, c.student)
+
+
+def test_accumulated_micro_batches_move_center_and_discriminator_once_per_step(toy, tmp_path):
+    """``optim.accum_steps`` micro-batches act as one batch of them all for the state that
+    belongs to the optimizer step: the distillation center after a step is the one a single
+    batch gives, and the discriminator's optimizer steps once per training step."""
+
+    def train(accum: int, steps: int) -> tuple[dict, dict]:
+        overrides = toy("paper.yaml", steps=steps) + [
+            f"run_dir={tmp_path / f'a{accum}-{steps}'}", "train.ckpt_every=1",
+            f"optim.accum_steps={accum}", "objectives.speckle_gan.params.start_step=0"]
+        assert run_recipe(str(RECIPES / "paper.yaml"), overrides, stream=io.StringIO()) == 0
+        tensors, state, _ = ckpt.read_checkpoint(ckpt.find_latest(str(tmp_path / f"a{accum}-{steps}")))
+        return tensors, state
+
+    center = "aux.self_distillation.aux.criterion.center"
+    (one, _), (two, _) = train(1, 1), train(2, 1)  # the teacher is still the initial one
+    torch.testing.assert_close(two[center], one[center], rtol=1e-4, atol=1e-6)
+    _, state = train(2, 3)
+    disc_steps = {float(s["step"]) for s in state["objectives"]["speckle_gan"]["optimizer"]["state"].values()}
+    assert disc_steps == {3.0}  # not 6: one discriminator step per training step
+
+
+class BatchNormHeadObjective(Objective):
+    """A plugin objective with an EMA teacher whose head has batch norm."""
+
+    needs_teacher = True
+
+    def build_heads(self):
+        return torch.nn.ModuleDict({"head": torch.nn.Sequential(
+            torch.nn.Linear(self.context.embed_dim, 8), torch.nn.BatchNorm1d(8))})
+
+    def teacher_forward(self, step, teacher):
+        step.teacher[self.name] = teacher.heads[self.name]["head"](step.teacher_global(teacher)[:, 0])
+
+    def loss(self, step, student):
+        out = student.heads[self.name]["head"](step.student_global(student)[:, 0])
+        return (out - step.teacher[self.name]).square().mean()
+
+
+def test_the_teacher_is_deterministic_and_follows_the_students_running_statistics(toy, tmp_path):
+    from arlkit.engine.build import build_components
+    from arlkit.registry import default_registries
+
+    # DINO builds its teacher without drop path: two passes over the same views agree
+    recipe = load_recipe(str(RECIPES / "paper.yaml"), toy("paper.yaml"))
+    comps = build_components(recipe)
+    assert recipe.model.backbone.params["drop_path_rate"] > 0 and comps.student.training
+    assert not any(m.training for m in comps.teacher.modules())
+    views = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        first, second = (comps.teacher.backbone.forward_features(views) for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+    default_registries.objectives.add("bn_head_test", BatchNormHeadObjective, provider="tests")
+    try:
+        overrides = toy("dino.yaml", steps=2) + [
+            "objectives=[{name: self_distillation}, {name: bn_head_test}]", "train.ckpt_every=1"]
+        assert run_recipe(str(RECIPES / "dino.yaml"), overrides, stream=io.StringIO()) == 0
+    finally:
+        default_registries.objectives.remove("bn_head_test")
+    tensors, _, _ = ckpt.read_checkpoint(ckpt.find_latest(str(tmp_path / "run")))
+    key = "heads.bn_head_test.head.1."
+    assert int(tensors[f"student.{key}num_batches_tracked"]) == 2
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(tensors[f"teacher.{key}{name}"], tensors[f"student.{key}{name}"],
+                                   rtol=0, atol=0)

@@ -190,3 +190,51 @@ def test_patch_loss_shape_errors_say_what_was_expected() -> None:
         loss_fn(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(3, 2, dtype=torch.bool), 0)
     with pytest.raises(ConfigError, match="temperatures"):
         PatchDistillationLoss(out_dim=4, teacher_temp=0.0)
+
+
+def _chunks(t: torch.Tensor, views: int, parts: int) -> list[torch.Tensor]:
+    """Micro-batches of a view-major ``(V·B, ...)`` tensor: images split, views kept."""
+    per_view = t.chunk(views)  # V × (B, ...)
+    return [torch.cat([v.chunk(parts)[i] for v in per_view]) for i in range(parts)]
+
+
+def test_accumulating_center_moves_once_like_one_batch_of_all_micro_batches() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4 * 6, 16), torch.randn(2 * 6, 16)
+    one = SelfDistillationLoss(out_dim=16, center_momentum=0.7)
+    one.center.normal_()
+    acc = SelfDistillationLoss(out_dim=16, center_momentum=0.7)
+    acc.load_state_dict(one.state_dict())
+    before = one.center.clone()
+    whole = one(student, teacher)
+    with acc.accumulating_center():
+        parts = [acc(s, t) for s, t in zip(_chunks(student, 4, 3), _chunks(teacher, 2, 3),
+                                          strict=True)]
+        torch.testing.assert_close(acc.center, before)  # every micro-batch sees the old one
+    torch.testing.assert_close(torch.stack(parts).mean(), whole)
+    torch.testing.assert_close(acc.center, one.center)
+    expected = 0.7 * before + 0.3 * teacher.mean(0, keepdim=True)
+    torch.testing.assert_close(acc.center, expected)
+
+
+def test_accumulating_patch_center_and_a_raising_block_moves_nothing() -> None:
+    torch.manual_seed(1)
+    student, teacher = torch.randn(6, 5, 8), torch.randn(6, 5, 8)
+    mask = torch.rand(6, 5) < 0.5
+    one, acc = PatchDistillationLoss(out_dim=8), PatchDistillationLoss(out_dim=8)
+    one(student, teacher, mask)
+    with acc.accumulating_center():
+        for i in range(3):
+            acc(student[2 * i : 2 * i + 2], teacher[2 * i : 2 * i + 2], mask[2 * i : 2 * i + 2])
+    torch.testing.assert_close(acc.center, one.center)
+
+    before = acc.center.clone()
+    with pytest.raises(ValueError, match="skipped"), acc.accumulating_center():
+        acc(student, teacher, mask)
+        raise ValueError("skipped step")
+    torch.testing.assert_close(acc.center, before)
+    acc(student, teacher, mask)  # outside a block: one update per call again
+    assert not torch.equal(acc.center, before)
+    with pytest.raises(RuntimeError, match="already open"), acc.accumulating_center():
+        with acc.accumulating_center():
+            pass
