@@ -107,26 +107,15 @@ def _load_weights(model: Any, path: str) -> None:
                 if isinstance(k, str) and k.startswith(prefix)
             }
             if sub and wanted <= set(sub) | {"mask_token"}:
-                sub = {k: v for k, v in sub.items() if k in wanted}
-                _fit_pos_embed(model, sub)
+                from arlkit.models.avit import checkpoint_filter_fn
+
+                # position embeddings saved for another image size are resampled
+                sub = checkpoint_filter_fn({k: v for k, v in sub.items() if k in wanted}, model)
                 model.load_state_dict(sub, strict=False)
                 return
     raise DataError(
         f"viz offsets: {path!r} holds no A-ViT state dict matching --size/--depth "
         f"(looked for keys like {sorted(wanted)[:3]} under model/state_dict/student/backbone)"
-    )
-
-
-def _fit_pos_embed(model: Any, state: dict[str, Any]) -> None:
-    """Resample a learned position embedding saved for another image size (square grids)."""
-    from timm.layers import resample_abs_pos_embed
-
-    pos = state.get("pos_embed")
-    if pos is None or model.pos_embed is None or pos.shape == model.pos_embed.shape:
-        return
-    old = int(round((pos.shape[1] - 1) ** 0.5))
-    state["pos_embed"] = resample_abs_pos_embed(
-        pos, list(model.base_grid), [old, old], num_prefix_tokens=1
     )
 
 

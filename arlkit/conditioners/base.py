@@ -6,7 +6,8 @@ An *organ batch* is what a conditioner (and the backbone) receives as ``organ``:
 - a LongTensor ``(B,)`` of taxonomy indices in ``[0, K]`` (``K`` = ``unknown``);
 - a FloatTensor ``(B, K)`` or ``(B, K+1)`` of class probabilities (soft labels, rows sum
   to 1; without the last column the ``unknown`` probability is 0);
-- for convenience, a sequence of organ names or indices (converted with the taxonomy).
+- for convenience, a sequence of organ names or indices (converted with the taxonomy;
+  ``None``, ``""`` and ``"unknown"`` entries are ``unknown``).
 
 :func:`canonical_organ` validates it once and returns either the ``(B,)`` indices or the
 ``(B, K+1)`` probabilities, so a backbone with one conditioner per block checks (and
@@ -80,7 +81,10 @@ def canonical_organ(
     if not isinstance(organ, torch.Tensor):
         items = list(organ)
         organ = torch.tensor(
-            [taxonomy.index(o, "organ batch") if isinstance(o, str) else int(o) for o in items],
+            [
+                taxonomy.index(o, "organ batch") if o is None or isinstance(o, str) else int(o)
+                for o in items
+            ],
             dtype=torch.long,
         )
     if device is not None:
@@ -182,11 +186,23 @@ class Conditioner(nn.Module):
         """Context vectors ``(B, dim)`` for a canonical batch (see :func:`canonical_organ`)."""
         raise NotImplementedError
 
+    def drop(self, organ: torch.Tensor) -> torch.Tensor:
+        """Conditioning dropout of a canonical batch: some labels become ``unknown``.
+
+        The identity here. Kept apart from :meth:`encode` because a label belongs to the
+        image: a backbone with one conditioner per block draws the dropout once per image
+        (with its first block's conditioner) and then encodes in every block, instead of
+        each block dropping on its own.
+        """
+        return organ
+
     def forward(self, condition: Condition, batch_size: int) -> torch.Tensor:
-        """Context vectors ``(B, dim)`` for an organ batch (or a condition mapping's organ).
+        """Context vectors ``(B, dim)`` for an organ batch (or a condition mapping's organ),
+        after conditioning dropout (:meth:`drop`).
 
         Raises:
             UnknownOrganError, DataError: see :func:`canonical_organ`.
         """
         device = next(self.parameters()).device
-        return self.encode(canonical_organ(organ_of(condition), batch_size, self.taxonomy, device))
+        organ = canonical_organ(organ_of(condition), batch_size, self.taxonomy, device)
+        return self.encode(self.drop(organ))

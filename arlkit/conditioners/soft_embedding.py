@@ -47,7 +47,8 @@ class SoftEmbeddingConditioner(Conditioner):
         # row K is the learned null embedding of ``unknown``
         self.embedding = nn.Parameter(torch.randn(self.num_classes + 1, dim) * init_std)
 
-    def _drop(self, organ: torch.Tensor) -> torch.Tensor:
+    def drop(self, organ: torch.Tensor) -> torch.Tensor:
+        """Replace each label by ``unknown`` with probability ``drop_prob`` (training only)."""
         if not self.training or self.drop_prob == 0.0:
             return organ
         b = organ.shape[0]
@@ -60,8 +61,8 @@ class SoftEmbeddingConditioner(Conditioner):
         return torch.where(drop, torch.full_like(organ, self.num_classes), organ)
 
     def encode(self, organ: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` indices or ``(B, K+1)`` probabilities → ``(B, dim)``."""
-        organ = self._drop(organ)
+        """``(B,)`` indices or ``(B, K+1)`` probabilities → ``(B, dim)`` (no dropout here:
+        :meth:`forward`, or the backbone once per image, applies :meth:`drop`)."""
         if organ.is_floating_point():
             return organ.to(self.embedding.dtype) @ self.embedding  # (B, K+1) @ (K+1, C)
         return F.embedding(organ, self.embedding)

@@ -17,6 +17,7 @@ block with the same parameter names as timm's (``norm1``, ``attn.qkv``, ``attn.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -121,7 +122,8 @@ class ACDTBlock(nn.Module):
         offset_net: ``(B, C, H, W)`` → ``(B, 2·G·K, H, W)``; required if deformable.
         num_prefix_tokens: tokens before the grid (class token) that are not sampled.
         attn_drop: attention dropout. proj_drop: dropout after projections.
-        norm_layer: normalisation class. act_layer: MLP activation class.
+        norm_layer: normalisation class (or factory of the width, e.g. a ``partial``).
+        act_layer: MLP activation class.
 
     Raises:
         ConfigError: inconsistent options (missing operator, indivisible widths, ...).
@@ -146,7 +148,7 @@ class ACDTBlock(nn.Module):
         num_prefix_tokens: int = 1,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
@@ -190,7 +192,9 @@ class ACDTBlock(nn.Module):
 
         ``organ`` (an organ batch or a condition mapping) should already be canonical
         (:func:`arlkit.conditioners.canonical_condition`); built-in conditioners then skip
-        re-validation, other conditioners receive the whole condition.
+        re-validation and conditioning dropout (the backbone draws it once per image for
+        all blocks, :meth:`arlkit.conditioners.base.Conditioner.drop`), other conditioners
+        receive the whole condition.
         """
         if self.conditioner is None:
             return None

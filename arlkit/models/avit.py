@@ -14,6 +14,7 @@ constructed (the registry is imported there, so importing this module stays ligh
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -23,12 +24,12 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from arlkit.conditioners.base import Condition, canonical_condition
+from arlkit.conditioners.base import Condition, Conditioner, canonical_condition
 from arlkit.errors import ConfigError, DataError
 from arlkit.models.acdt import ACDTBlock, ChannelMixing
 from arlkit.taxonomy import Taxonomy
 
-__all__ = ["SIZES", "AViT", "resize_to_patch_multiple"]
+__all__ = ["SIZES", "AViT", "checkpoint_filter_fn", "resize_to_patch_multiple"]
 
 #: (embed_dim, depth, num_heads) per size; base = ViT-B/16.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -158,6 +159,9 @@ class AViT(nn.Module):
             n_pos = 1 + self.base_grid[0] * self.base_grid[1]
             self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, self.embed_dim))
         g = offset_groups or heads
+        # timm's ViT normalises with eps=1e-6 (not LayerNorm's 1e-5): ViT weights then give
+        # the same numbers, which matters for near-constant tokens such as the class token
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
         op = _build("deform_ops", deform_op) if deformable else None
         dpr = [drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
         self.blocks = nn.ModuleList(
@@ -172,6 +176,7 @@ class AViT(nn.Module):
                 kernel_size=kernel_size,
                 offset_groups=g,
                 channel_mixing=channel_mixing,
+                norm_layer=norm_layer,
                 conditioner=_build(
                     "conditioners", conditioner, dim=self.embed_dim, taxonomy=self.taxonomy
                 )
@@ -186,7 +191,7 @@ class AViT(nn.Module):
             )
             for i in range(self.depth)
         )
-        self.norm = nn.LayerNorm(self.embed_dim)
+        self.norm = norm_layer(self.embed_dim)
         self.num_classes = num_classes
         self.head: nn.Module = (
             nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
@@ -208,6 +213,14 @@ class AViT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "mask_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth, as timm's ViT (used by timm's layer-wise lr decay)."""
+        return {
+            "stem": r"^cls_token|pos_embed|patch_embed|mask_token",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -292,7 +305,15 @@ class AViT(nn.Module):
     ) -> torch.Tensor | dict[str, torch.Tensor] | None:
         if not self.conditioned:
             return None
-        return canonical_condition(organ, batch, self.taxonomy, device)
+        cond = canonical_condition(organ, batch, self.taxonomy, device)
+        first = self.blocks[0].conditioner
+        if isinstance(first, Conditioner):
+            # conditioning dropout belongs to the image: one draw shared by every block
+            if isinstance(cond, dict):
+                cond["organ"] = first.drop(cond["organ"])
+            else:
+                cond = first.drop(cond)
+        return cond
 
     def _run_block(
         self, blk: nn.Module, x: torch.Tensor, grid: tuple[int, int] | None, organ: Any
@@ -384,6 +405,29 @@ class AViT(nn.Module):
             f"deformable={self.deformable}, conditioned={self.conditioned}, "
             f"taxonomy={self.taxonomy.num_classes} organs, params={_count(self) / 1e6:.1f}M"
         )
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: AViT) -> dict[str, Any]:
+    """Fit a state dict saved at another image size to ``model`` (timm's ``pretrained_filter_fn``).
+
+    A learned position embedding saved for another (square) grid is resampled to the
+    model's ``base_grid`` as timm's ViT does on load (bicubic, class token kept); every other
+    entry passes unchanged.
+
+    Args:
+        state_dict: tensors by parameter name (an ``arlkit export`` or ``model.state_dict()``).
+        model: the model that will load them.
+
+    Returns:
+        a new dict ready for ``model.load_state_dict``.
+    """
+    out = dict(state_dict)
+    pos = out.get("pos_embed")
+    if pos is not None and model.pos_embed is not None and pos.shape != model.pos_embed.shape:
+        out["pos_embed"] = resample_abs_pos_embed(
+            pos, list(model.base_grid), num_prefix_tokens=model.num_prefix_tokens
+        )
+    return out
 
 
 def _count(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from arlkit.errors import ConfigError
-from arlkit.models.avit import AViT
+from arlkit.models.avit import AViT, checkpoint_filter_fn
 
 __all__ = ["avit_base_patch16_224", "avit_small_patch16_224", "avit_tiny_patch16_224"]
 
@@ -63,7 +63,14 @@ def _create(size: str, pretrained: bool, /, **kwargs: Any) -> AViT:
             f"'avit_{asked}_patch16_224' instead"
         )
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    model = build_model_with_cfg(AViT, f"avit_{size}_patch16_224", pretrained, size=size, **kwargs)
+    model = build_model_with_cfg(
+        AViT,
+        f"avit_{size}_patch16_224",
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,  # position embeddings of other sizes
+        size=size,
+        **kwargs,
+    )
     model.pretrained_cfg = model.default_cfg = dict(
         model.pretrained_cfg, input_size=(model.in_chans, 224, 224)
     )

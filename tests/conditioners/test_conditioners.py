@@ -92,6 +92,13 @@ def test_conditioning_dropout_only_in_training() -> None:
     assert 0.45 < dropped.float().mean() < 0.55
 
 
+def test_missing_names_in_a_sequence_are_unknown() -> None:
+    organ = canonical_organ([TAX.names[3], None, "", "unknown", 2], 5, TAX)
+    assert organ.tolist() == [3, K, K, K, 2]  # Taxonomy.index maps None and "" to unknown
+    cond = _make("onehot")
+    torch.testing.assert_close(cond([None, TAX.names[3]], 2)[0], cond.proj.bias)
+
+
 def test_label_outside_taxonomy_names_label_and_known_ones() -> None:
     cond = _make("onehot")
     with pytest.raises(UnknownOrganError, match=r"'17'.*16=unknown"):

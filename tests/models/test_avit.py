@@ -132,6 +132,108 @@ def test_forward_intermediates_like_timm() -> None:
     assert nlc[0].shape == (2, 6, 32)
 
 
+def _timm_vit(img_size: int = 32, **kw):
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=img_size, patch_size=16, in_chans=1, embed_dim=32, depth=2, num_heads=2, **kw
+    ).eval()
+
+
+def test_plain_avit_equals_timm_vit_with_the_same_weights() -> None:
+    m = _model(deformable=False, img_size=32, num_classes=3)
+    vit = _timm_vit(num_classes=3)
+    state = {k: v for k, v in m.state_dict().items() if k != "mask_token"}
+    vit.load_state_dict(state)  # strict: same names
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_features(x), vit.forward_features(x))
+        torch.testing.assert_close(m(x), vit(x))
+        ours = m.forward_intermediates(x, indices=None, norm=True, intermediates_only=True)
+        ref = vit.forward_intermediates(x, indices=None, norm=True, intermediates_only=True)
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a, b)
+        # another image size: both interpolate the learned position embeddings
+        dyn = _timm_vit(num_classes=3, dynamic_img_size=True)
+        dyn.load_state_dict(state)
+        x = torch.randn(2, 1, 48, 64)
+        torch.testing.assert_close(m.forward_features(x), dyn.forward_features(x))
+
+
+def test_pretrained_file_saved_at_another_size_resamples_position_embeddings(tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    import arlkit.models.timm_models  # noqa: F401
+
+    src = timm.create_model("avit_tiny_patch16_224", depth=1, embed_dim=32, num_heads=2)
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, tmp_path / "b.safetensors")
+    m = timm.create_model(
+        "avit_tiny_patch16_224",
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        img_size=64,
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(tmp_path / "b.safetensors")},
+    )
+    ref = checkpoint_filter_fn({"pos_embed": state["pos_embed"]}, _timm_vit(img_size=64))
+    assert m.pos_embed.shape == (1, 1 + 4 * 4, 32)
+    torch.testing.assert_close(m.pos_embed.detach(), ref["pos_embed"])
+    torch.testing.assert_close(m.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("as_mapping", [False, True])
+def test_conditioning_dropout_is_drawn_once_per_image_for_all_blocks(as_mapping: bool) -> None:
+    m = _model(depth=3, conditioner=("soft_embedding", {"drop_prob": 0.5})).train()
+    dropped = []  # per block: (B,) whether the image got the unknown embedding
+    for blk in m.blocks:
+
+        def spy(organ, b, blk=blk, orig=blk.context):
+            ctx = orig(organ, b)
+            dropped.append((ctx == blk.conditioner.embedding[-1]).all(1))
+            return ctx
+
+        blk.context = spy
+    organ = torch.full((64,), 3)
+    with torch.no_grad():
+        m.forward_features(torch.randn(64, 1, 16, 16), {"organ": organ} if as_mapping else organ)
+    assert len(dropped) == 3
+    assert 0 < int(dropped[0].sum()) < 64
+    for other in dropped[1:]:  # a label belongs to the image, not to a block
+        assert torch.equal(other, dropped[0])
+    dropped.clear()
+    with torch.no_grad():
+        m.eval().forward_features(torch.randn(64, 1, 16, 16), organ)
+    assert not any(bool(d.any()) for d in dropped)
+
+
+def test_layer_decay_groups_like_timm_vit() -> None:
+    from timm.optim import param_groups_layer_decay
+
+    def scales(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+        groups = param_groups_layer_decay(
+            model,
+            weight_decay=0.05,
+            no_weight_decay_list=model.no_weight_decay(),
+            layer_decay=0.5,
+        )
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {
+            names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]
+        }
+
+    ref = scales(_timm_vit(num_classes=3))
+    ours = scales(_model(img_size=32, num_classes=3))  # deformable: extra per-block parameters
+    assert {n: ours[n] for n in ref} == ref
+    for name, got in ours.items():
+        if name.startswith("blocks.") and name not in ref:  # offset net, deform weight, ...
+            assert got[0] == ref[f"blocks.{name.split('.')[1]}.norm1.weight"][0], name
+    assert ours["mask_token"] == ref["cls_token"]
+
+
 def test_head_and_pooling() -> None:
     m = _model(num_classes=5, global_pool="avg")
     x = torch.randn(2, 1, 32, 32)
