@@ -2,7 +2,10 @@
 
 Point values of the classification metrics come from scikit-learn (the ``eval`` extra,
 imported when first needed): accuracy, balanced accuracy, macro F1 and macro
-one-vs-rest AUROC (for two classes, the AUROC of class 1). Segmentation metrics come from
+one-vs-rest AUROC (for two classes, the AUROC of class 1). Like scikit-learn's defaults,
+every macro average runs over the classes the (resampled) test set holds — for F1, those
+in the truth or the predictions — so a class absent from a bootstrap draw is left out of
+it rather than scored 0. Segmentation metrics come from
 per-image confusion matrices: Dice is the mean over foreground classes of
 ``2·TP / (2·TP + FP + FN)``, mIoU the mean over all classes (background included, as in
 mmsegmentation) of ``TP / (TP + FP + FN)``, both accumulated over the whole set.
@@ -112,11 +115,12 @@ def weighted_classification(
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, tp / support, np.nan)  # classes absent from truth: dropped
         f1_den = support + predicted  # = 2·TP + FP + FN
-        f1 = np.where(f1_den > 0, 2 * tp / f1_den, 0.0)  # zero_division=0, as passed to sklearn
+        # classes neither true nor predicted: dropped (sklearn's default labels), not 0
+        f1 = np.where(f1_den > 0, 2 * tp / f1_den, np.nan)
         out = {
             "accuracy": tp.sum(1) / total,
             "balanced_accuracy": np.nanmean(recall, axis=1),
-            "f1_macro": f1.mean(1),
+            "f1_macro": np.nanmean(f1, axis=1),
         }
     if c == 2:
         out["auroc"] = weighted_auroc(probs[:, 1], labels == 1, weights)
@@ -145,8 +149,7 @@ def _sklearn_point(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": balanced,
-        "f1_macro": float(skm.f1_score(y, pred, labels=list(range(c)), average="macro",
-                                       zero_division=0)),
+        "f1_macro": float(skm.f1_score(y, pred, average="macro")),  # classes in y or pred
         "auroc": auroc,
     }
 

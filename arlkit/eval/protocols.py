@@ -9,10 +9,12 @@ appended to the ``bad_files`` list a caller passes (``{"split", "path", "reason"
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint
@@ -28,7 +30,7 @@ from arlkit.eval.features import cached_features
 from arlkit.eval.metrics import classification_metrics, segmentation_metrics
 from arlkit.eval.splits import label_fraction_indices
 
-__all__ = ["format_metrics", "run_classification", "run_segmentation"]
+__all__ = ["format_metrics", "run_classification", "run_segmentation", "split_rows"]
 
 Log = Callable[[str], None]
 
@@ -56,6 +58,19 @@ def _training_kwargs(cfg: EvalConfig, protocol: str, device: torch.device,
     }
 
 
+def split_rows(dataset: Any) -> str | None:
+    """Digest of the rows a split takes from its source (a manifest), or None for a split
+    that is a dataset of its own (synthetic).
+
+    Part of the feature-cache key: a manifest without a split column is split by ``--seed``,
+    so the same ``--data`` gives other rows under another seed (at the same sizes).
+    """
+    indices = getattr(dataset, "indices", None)
+    if indices is None:
+        return None
+    return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()[:20]
+
+
 def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
               log: Log, bad_files: list[dict[str, str]] | None = None,
               ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -80,6 +95,9 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
                    "image_size": cfg.image_size, "pool": cfg.pool, "organ": cfg.use_organ}
             if cfg.n_last_blocks != 1:  # keeps the keys (and caches) of one-block features
                 key["n_last_blocks"] = cfg.n_last_blocks
+            rows = split_rows(getattr(data, split))
+            if rows is not None:  # which rows: a random manifest split depends on the seed
+                key["rows"] = rows
             feats[split], hit = cached_features(
                 bb.model, getattr(data, split), key, cfg.cache_dir, pool=cfg.pool,
                 use_organ=cfg.use_organ, batch_size=cfg.batch_size, device=device,

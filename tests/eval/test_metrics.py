@@ -33,7 +33,7 @@ def _sklearn(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {
         "accuracy": skm.accuracy_score(y, pred),
         "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
-        "f1_macro": skm.f1_score(y, pred, labels=list(range(c)), average="macro", zero_division=0),
+        "f1_macro": skm.f1_score(y, pred, average="macro"),  # the classes in y or pred
         "auroc": auroc,
     }
 
@@ -145,3 +145,21 @@ def test_dice_skips_absent_classes() -> None:
     # 3 classes, class 2 never present nor predicted: Dice is class 1's alone
     conf = np.array([[5, 1, 0], [1, 3, 0], [0, 0, 0]])
     assert dice_from_confusion(conf) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+
+
+def test_macro_f1_leaves_out_classes_neither_true_nor_predicted() -> None:
+    """A class missing from the test set (or from a bootstrap draw) and never predicted is
+    not scored 0: the macro average runs over the classes present, as scikit-learn's
+    default ``f1_score(average="macro")`` and the other macro metrics here."""
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.eye(3)[[0, 1, 1, 1, 0]]  # 3 classes; class 2 neither true nor predicted
+    # class 0: TP 1, FP 1, FN 1 -> 2/4; class 1: TP 2, FP 1, FN 1 -> 4/6
+    hand = (2 / 4 + 4 / 6) / 2
+    assert classification_metrics(y, p, n_boot=0)["f1_macro"]["value"] == pytest.approx(hand)
+    assert weighted_classification(y, p, np.ones((1, 5)))["f1_macro"][0] == pytest.approx(hand)
+    # a draw holding class 2 once (and predicting it right) scores it; one without drops it
+    y3, p3 = np.r_[y, 2], np.r_[p, np.eye(3)[[2]]]
+    draws = weighted_classification(y3, p3, np.array([[1.0] * 6, [1.0] * 5 + [0.0]]))
+    assert draws["f1_macro"][0] == pytest.approx((2 / 4 + 4 / 6 + 1) / 3)
+    assert draws["f1_macro"][1] == pytest.approx(hand)
+    assert hand == pytest.approx(skm.f1_score(y, p.argmax(1), average="macro"))
