@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Subset
 
 from arlkit.data.manifest import MANIFEST_SUFFIXES, row_list
@@ -107,15 +108,19 @@ class LabelledSubset(Dataset):
         dataset: map-style dataset of sample dicts.
         indices: ``(M,)`` rows of ``dataset``.
         labels: ``(M,)`` label per row (e.g. the organ, for a folder tree of organs).
+        mask_values: mask value → class, for masks whose values are not class indices
+            (binary masks saved as 0/255 images: ``{255: 1}``); other values pass unchanged.
 
     Attributes:
         labels: the labels as a list (cheap access for stratification).
     """
 
-    def __init__(self, dataset: Any, indices: Sequence[int], labels: Sequence[int]) -> None:
+    def __init__(self, dataset: Any, indices: Sequence[int], labels: Sequence[int],
+                 mask_values: dict[int, int] | None = None) -> None:
         self.dataset = dataset
         self.indices = [int(i) for i in indices]
         self.labels = [int(v) for v in labels]
+        self.mask_values = dict(mask_values or {})
         if len(self.labels) != len(self.indices):
             raise ValueError("LabelledSubset: one label per index")
 
@@ -123,7 +128,13 @@ class LabelledSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.dataset[self.indices[i]], "label": self.labels[i]}
+        sample = {**self.dataset[self.indices[i]], "label": self.labels[i]}
+        if self.mask_values and "mask" in sample:
+            mask = sample["mask"]
+            for value, cls in self.mask_values.items():
+                mask = torch.where(sample["mask"] == value, cls, mask)
+            sample["mask"] = mask
+        return sample
 
 
 def _synthetic_task(spec: str) -> str:
@@ -190,19 +201,28 @@ def _stat(path: str) -> dict[str, Any]:
     return {k: str(info[k]) for k in ("size", "mtime", "LastModified", "ETag") if k in info}
 
 
-def _mask_classes(dataset: Any, rows: np.ndarray) -> list[str]:
-    """``["background", "1", ..., "K-1"]`` from the largest value in the rows' mask files."""
+def _mask_classes(dataset: Any, rows: np.ndarray) -> tuple[list[str], dict[int, int]]:
+    """The classes of the rows' mask files and the value map they need.
+
+    Mask values are class indices: ``["background", "1", ..., "K-1"]`` up to the largest
+    value. Masks that hold only 0 and 255 are binary masks saved as 8-bit images (the
+    common way to ship lesion masks), read as background and class 1 (``{255: 1}``),
+    instead of 256 classes of which 254 never occur.
+    """
     import fsspec
     from PIL import Image
 
     m = dataset.manifest
-    top = 1
+    values: set[int] = set()
     for i in rows.tolist():
         if m.mask[i] is None:
             continue
         with fsspec.open(m.mask[i], "rb", **m.storage_options) as handle, Image.open(handle) as im:
-            top = max(top, int(np.asarray(im).max()))
-    return ["background", *(str(k) for k in range(1, top + 1))]
+            values.update(int(v) for v in np.unique(np.asarray(im)))
+    if 255 in values and values <= {0, 255}:
+        return ["background", "1"], {255: 1}
+    top = max(values | {1})
+    return ["background", *(str(k) for k in range(1, top + 1))], {}
 
 
 def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool,
@@ -291,9 +311,14 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
         raise DataError(
             f"--data {spec}: too few usable rows ({keep.size}) to split into train and test"
         )
+    mask_values: dict[int, int] = {}
     if segmentation:
-        classes = _mask_classes(dataset, keep[idx["train"]])
-    subsets = {s: LabelledSubset(dataset, keep[idx[s]], labels[keep[idx[s]]]) for s in idx}
+        classes, mask_values = _mask_classes(dataset, keep[idx["train"]])
+        if mask_values:
+            notes.append(f"--data {spec}: the masks hold only the values 0 and 255, read as "
+                         "background and class 1 (binary masks saved as 8-bit images)")
+    subsets = {s: LabelledSubset(dataset, keep[idx[s]], labels[keep[idx[s]]], mask_values)
+               for s in idx}
     info = {"source": "manifest", "path": spec, "stat": _stat(spec), "split": method, "rows": len(dataset),
             "used": int(keep.size), "left_out": int(len(dataset) - keep.size),
             "label_source": label_source, "sizes": {s: int(v.size) for s, v in idx.items()}}
