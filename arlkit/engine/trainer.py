@@ -22,6 +22,7 @@ from arlkit.engine.optim import param_groups
 from arlkit.engine.schedules import cosine
 from arlkit.engine.step import Step
 from arlkit.errors import ArlkitError
+from arlkit.models.ema import ema_update
 
 __all__ = ["TrainResult", "Trainer", "TrainingStopped"]
 
@@ -292,11 +293,8 @@ class Trainer:
     def _ema_update(self) -> None:
         t = self.recipe.teacher
         m = cosine(self.step, self.recipe.train.steps, t.momentum, t.momentum_end)
-        for p_t, p_s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
-            p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
         # running statistics (a head's batch norm) are copied: the teacher runs in eval mode
-        for b_t, b_s in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
-            b_t.copy_(b_s)
+        ema_update(self.teacher, self.student, m, copy_buffers=True)
 
     # ------------------------------------------------------------------ loop
     def _on_sigint(self, signum: int, frame: Any) -> None:

@@ -1,8 +1,9 @@
 """Exponential moving average of parameters: the teacher of self-distillation.
 
-``θ_t ← m·θ_t + (1 - m)·θ_s`` over parameters only (buffers such as batch-norm
-statistics are the teacher's own), with the momentum ``m`` following a cosine
-schedule from ``base`` to ``final`` (DINO: 0.996 → 1).
+``θ_t ← m·θ_t + (1 - m)·θ_s`` over parameters, with the momentum ``m`` following a cosine
+schedule from ``base`` to ``final`` (DINO: 0.996 → 1). Buffers (batch-norm statistics) are
+the teacher's own, or copied from the student with ``copy_buffers=True`` — what a teacher
+kept in eval mode needs, as arlkit's trainer keeps it.
 
 Example::
 
@@ -24,7 +25,8 @@ __all__ = ["cosine_momentum", "ema_update"]
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float,
+               copy_buffers: bool = False) -> None:
     """In-place ``teacher ← momentum·teacher + (1 - momentum)·student`` over parameters.
 
     Parameters are paired in registration order (so a student wrapped in
@@ -33,7 +35,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     Args:
         teacher: updated in place, no autograd.
         student: read only.
-        momentum: in ``[0, 1]``; 1 leaves the teacher unchanged.
+        momentum: in ``[0, 1]``; 1 leaves the teacher's parameters unchanged.
+        copy_buffers: also copy the student's buffers (paired in order) into the teacher.
 
     Raises:
         ConfigError: momentum out of range, or the two modules' parameters differ.
@@ -53,11 +56,16 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
                 f"ema_update: parameter {i} has shape {tuple(t.shape)} in the teacher and "
                 f"{tuple(s.shape)} in the student"
             )
-    if not t_params:
-        return
-    s_cast = [s.detach().to(t.dtype) for t, s in zip(t_params, s_params)]
-    # lerp: t + w·(s - t) = (1 - w)·t + w·s with w = 1 - momentum; one fused kernel per group
-    torch._foreach_lerp_(t_params, s_cast, 1.0 - momentum)
+    if t_params:
+        s_cast = [s.detach().to(t.dtype) for t, s in zip(t_params, s_params)]
+        # lerp: t + w·(s - t) = (1 - w)·t + w·s with w = 1 - momentum; one fused kernel per group
+        torch._foreach_lerp_(t_params, s_cast, 1.0 - momentum)
+    if copy_buffers:
+        t_bufs, s_bufs = list(teacher.buffers()), list(student.buffers())
+        if [b.shape for b in t_bufs] != [b.shape for b in s_bufs]:
+            raise ConfigError("ema_update: the teacher's buffers do not match the student's")
+        for t, s in zip(t_bufs, s_bufs):
+            t.copy_(s)
 
 
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:

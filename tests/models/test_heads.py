@@ -114,6 +114,11 @@ def test_ema_update_matches_hand_computation_and_ignores_buffers() -> None:
         assert not t.requires_grad or t.grad is None
     for b, b0 in zip(teacher.buffers(), buffers):
         assert torch.equal(b, b0)
+    # a teacher kept in eval mode takes the student's running statistics (moved by _pair)
+    assert not torch.equal(teacher[1].running_mean, student[1].running_mean)
+    ema_update(teacher, student, 0.9, copy_buffers=True)
+    assert list(teacher.buffers()) and all(
+        torch.equal(b, s) for b, s in zip(teacher.buffers(), student.buffers(), strict=True))
 
 
 def test_ema_extreme_momenta_and_errors() -> None:
