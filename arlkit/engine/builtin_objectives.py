@@ -224,7 +224,13 @@ class SpeckleGANObjective(Objective):
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_aux_state_dict(self, state: dict[str, Any]) -> None:
+        # moments and step counts from the checkpoint; lr and betas from this recipe (a run
+        # continued in a new directory may change objectives.speckle_gan.params.lr)
+        settings = [{k: v for k, v in g.items() if k != "params"}
+                    for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
 
 
 class _DistillationObjective(Objective):

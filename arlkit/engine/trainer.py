@@ -144,7 +144,14 @@ class Trainer:
         for obj in self.c.objectives:
             obj.load_state_dict(groups.get(f"aux.{obj.name}", {}))
             obj.load_aux_state_dict(state["objectives"].get(obj.name, {}))
+        # the moments and step counts come from the checkpoint, the hyperparameters from this
+        # recipe (a run continued in a new directory may change optim.betas); lr and weight
+        # decay are set from the schedules every step
+        recipe_groups = [{k: v for k, v in g.items() if k != "params"}
+                         for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, recipe_groups, strict=True):
+            group.update(settings)
         if hasattr(self.c.balancer, "load_state_dict"):
             self.c.balancer.load_state_dict(state["balancer"])
         ckpt.restore_rng(state["rng"])

@@ -43,3 +43,42 @@ def test_param_groups_exclude_norms_biases_and_tokens():
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
         "cls_token", "norm.bias", "norm.weight", "pos_embed", "proj.bias"]
     assert decay["apply_wd"] and not no_decay["apply_wd"] and no_decay["weight_decay"] == 0.0
+
+
+def test_param_groups_decay_projections_named_embed_not_tables():
+    """Tables and tokens are matched on what they are, not on a substring of their path: the
+    MIM decoder's input Linear ``decoder.embed`` decays (as MAE's ``decoder_embed`` does),
+    an ``nn.Embedding`` table and a bare ``embedding`` / ``*pos_embed`` parameter do not, and
+    a module's timm-style ``no_weight_decay()`` names are honoured."""
+    from arlkit.models.decoders import MIMDecoder
+
+    class Rel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rel_table = nn.Parameter(torch.zeros(3, 2))
+            self.proj = nn.Linear(2, 2, bias=False)
+
+        def no_weight_decay(self):
+            return {"rel_table"}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = MIMDecoder(in_dim=8, patch_size=2, dim=8, depth=1, num_heads=2)
+            self.probe_embed = nn.Embedding(3, 8)
+            self.embedding = nn.Parameter(torch.zeros(4, 8))
+            self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 5, 8))
+            self.rel = Rel()
+
+    net = Net()
+    decay, no_decay = param_groups(net)
+    names = {id(p): n for n, p in net.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "decoder.embed.weight" in decayed
+    assert decayed == {
+        "decoder.embed.weight", "decoder.blocks.0.attn.qkv.weight", "decoder.blocks.0.attn.proj.weight",
+        "decoder.blocks.0.mlp.fc1.weight", "decoder.blocks.0.mlp.fc2.weight",
+        "decoder.last_layer.weight", "rel.proj.weight"}
+    assert {"probe_embed.weight", "embedding", "decoder_pos_embed", "rel.rel_table"} <= {
+        names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
