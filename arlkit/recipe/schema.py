@@ -167,7 +167,14 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(3.0, gt=0, description="max gradient norm; null disables")
     accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    disc_lr: float = Field(1e-4, gt=0, description="learning rate of the discriminator")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "disc_lr" in data:  # earlier versions accepted it and never read it
+            raise ValueError("disc_lr is not an optim setting: the discriminator's learning rate "
+                             "is objectives.speckle_gan.params.lr")
+        return data
 
 
 class TeacherConfig(_Strict):

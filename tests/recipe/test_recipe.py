@@ -74,8 +74,7 @@ def test_every_error_is_reported_together_with_paths_and_suggestions(tmp_path, r
             f"  {path}: optim.lr: Input should be a valid number, unable to parse string as a "
             "number (got 'fast')",
             f"  {path}: optim.lrr: unknown key 'lrr'; did you mean 'lr'? (allowed: lr, min_lr, "
-            "warmup_steps, weight_decay, weight_decay_end, betas, grad_clip, accum_steps, "
-            "disc_lr)",
+            "warmup_steps, weight_decay, weight_decay_end, betas, grad_clip, accum_steps)",
             f"  {path}: trian: unknown key 'trian'; did you mean 'train'? (allowed: name, seed, "
             "run_dir, taxonomy, model, objectives, balancer, data, optim, teacher, train)",
         ]
@@ -96,6 +95,15 @@ def test_duplicate_objectives_rejected(tmp_path, regs):
     path = write(tmp_path, {"objectives": [{"name": "mim"}, {"name": "mim"}]})
     with pytest.raises(RecipeError, match="objective 'mim' is listed twice"):
         load_recipe(path, registries=regs)
+
+
+def test_optim_disc_lr_points_at_the_setting_that_is_read(tmp_path, regs):
+    path = write(tmp_path, {"objectives": [{"name": "mim"}], "optim": {"disc_lr": 1e-3}})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registries=regs)
+    [issue] = info.value.issues
+    assert issue.path == "optim"
+    assert "the discriminator's learning rate is objectives.speckle_gan.params.lr" in issue.message
 
 
 def test_yaml_syntax_error_names_line(tmp_path, regs):
