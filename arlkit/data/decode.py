@@ -201,11 +201,12 @@ def _monochrome(arr: np.ndarray, ds: Any, photometric: str, modality_lut: Any) -
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is not None and width is not None:
-        values = modality_lut(arr, ds).astype(np.float32)
+        values = modality_lut(arr, ds).astype(np.float64)
         center = float(center[0] if _is_multi(center) else center)
-        width = max(float(width[0] if _is_multi(width) else width), 1.0)
-        lo, hi = center - width / 2.0, center + width / 2.0
-    elif bits <= 8:
+        width = float(width[0] if _is_multi(width) else width)
+        out = _window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+        return 1.0 - out if photometric == "MONOCHROME1" else out
+    if bits <= 8:
         values = arr.astype(np.float32)
         lo = -(2.0 ** (bits - 1)) if signed else 0.0
         hi = lo + 2.0**bits - 1.0
@@ -214,6 +215,23 @@ def _monochrome(arr: np.ndarray, ds: Any, photometric: str, modality_lut: Any) -
         lo, hi = float(values.min()), max(float(values.max()), float(values.min()) + 1.0)
     out = np.clip((values - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     return 1.0 - out if photometric == "MONOCHROME1" else out
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """The VOI window of DICOM PS3.3 C.11.2.1.2 (as ``pydicom.pixels.apply_windowing``),
+    scaled to [0, 1]: ``LINEAR`` maps ``c − ½ ± (w − 1)/2`` to 0 and 1, ``LINEAR_EXACT``
+    ``c ± w/2``, ``SIGMOID`` is ``1 / (1 + exp(−4 (x − c) / w))``."""
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp → inf far below the window: 1/inf = 0
+            out = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    elif function == "LINEAR_EXACT":
+        out = (values - center) / max(width, 1e-6) + 0.5
+    else:  # LINEAR, the default (unknown functions too)
+        if width <= 1.0:  # a threshold at c − ½
+            out = (values > center - 0.5).astype(np.float64)
+        else:
+            out = (values - (center - 0.5)) / (width - 1.0) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def _is_multi(value: Any) -> bool:

@@ -115,7 +115,8 @@ class MultiCropViews:
         self.global_size, self.local_size = int(global_size), int(local_size)
         self.n_global, self.n_local = int(n_global), int(n_local)
         self.global_scale, self.local_scale = _as_pair(global_scale), _as_pair(local_scale)
-        self.log_ratio = (math.log(float(ratio[0])), math.log(float(ratio[1])))
+        self.ratio = _as_pair(ratio)
+        self.log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         self.min_fov_fraction = float(min_fov_fraction)
         self.gain, self.contrast, self.attenuation = float(gain), float(contrast), float(attenuation)
         self.log_gamma = math.log1p(float(gamma))
@@ -220,8 +221,15 @@ class MultiCropViews:
                 best, best_cover = (top, left, h, w), cover
         if best is not None:
             return best
-        side = min(bh, bw)  # like torchvision: a centred square when nothing fits
-        return y0 + (bh - side) // 2, x0 + (bw - side) // 2, side, side
+        # as torchvision's RandomResizedCrop: a centred crop of the whole box, its aspect
+        # ratio clamped to the allowed range
+        lo, hi = self.ratio
+        h, w = bh, bw
+        if bw / bh < lo:
+            h = round(bw / lo)
+        elif bw / bh > hi:
+            w = round(bh * hi)
+        return y0 + (bh - h) // 2, x0 + (bw - w) // 2, h, w
 
     def _intensity(
         self, x: torch.Tensor, fov: torch.Tensor, depth: torch.Tensor, rng: np.random.Generator

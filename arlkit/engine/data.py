@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -85,8 +86,11 @@ class BatchPlan:
         return mine[micro * self.micro_batch : (micro + 1) * self.micro_batch]
 
 
-class StepBatchSampler(Sampler[list[tuple[int, int, int]]]):
-    """Yields this process's micro-batches as ``(dataset_index, position, epoch)`` keys.
+class StepBatchSampler(Sampler[list[tuple[int, int, int, int]]]):
+    """Yields this process's micro-batches as ``(dataset_index, position, epoch, repeat)``
+    keys; ``repeat`` counts the earlier draws of the same index in the epoch (an
+    organ-balanced order draws the images of rare organs several times), so that each
+    draw gets views of its own.
 
     Args:
         order: ``order(epoch)`` → the epoch's dataset indices (one process's view of the
@@ -109,16 +113,30 @@ class StepBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def __len__(self) -> int:
         return (self.total_steps - self.start_step) * self.plan.accum_steps
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
         plan = self.plan
-        cached_epoch, indices = -1, None
+        cached_epoch, indices, repeats = -1, [], []
         for step in range(self.start_step, self.total_steps):
             epoch = plan.epoch_of(step)
             if epoch != cached_epoch:
                 indices, cached_epoch = list(self.order(epoch)), epoch
+                repeats = _repeats(indices)
             offset = (step - epoch * plan.steps_per_epoch) * plan.global_batch
             for micro in range(plan.accum_steps):
-                yield [(int(indices[offset + p]), p, epoch) for p in plan.micro_positions(micro)]
+                yield [(int(indices[offset + p]), p, epoch, repeats[offset + p])
+                       for p in plan.micro_positions(micro)]  # fmt: skip
+
+
+def _repeats(indices: Sequence[int]) -> list[int]:
+    """For each position, how often its index occurred at earlier positions."""
+    idx = np.asarray(indices, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+    counts = np.diff(np.r_[starts, len(idx)])
+    out = np.empty(len(idx), dtype=np.int64)
+    out[order] = np.arange(len(idx)) - np.repeat(starts, counts)
+    return out.tolist()
 
 
 def seed_for(*parts: int) -> int:
@@ -132,11 +150,13 @@ def seed_for(*parts: int) -> int:
 
 
 class ViewsDataset(Dataset):
-    """Applies the views transform with a generator seeded by ``(seed, epoch, index)``, so a
-    sample's crops are the same whichever process or worker makes them, and on resume.
+    """Applies the views transform with a generator seeded by ``(seed, epoch, index)`` (and
+    the draw's ``repeat`` when an index comes again in the epoch), so a sample's crops are
+    the same whichever process or worker makes them, and on resume, while repeated draws
+    of one image get different crops.
 
-    Keys are ``(index, position, epoch)`` from :class:`StepBatchSampler`; samples are
-    tagged with their position in the global batch.
+    Keys are ``(index, position, epoch[, repeat])`` from :class:`StepBatchSampler`; samples
+    are tagged with their position in the global batch.
     """
 
     def __init__(self, dataset: Any, views: Any, seed: int) -> None:
@@ -145,11 +165,13 @@ class ViewsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        index, pos, epoch = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        index, pos, epoch = key[:3]
+        repeat = key[3] if len(key) > 3 else 0
         sample = dict(self.dataset[index])
         if sample.get("valid", True):
-            generator = torch.Generator().manual_seed(seed_for(self.seed, epoch, index))
+            parts = (self.seed, epoch, index) + ((repeat,) if repeat else ())
+            generator = torch.Generator().manual_seed(seed_for(*parts))
             sample = dict(self.views(sample, generator=generator))
         sample["_pos"] = pos
         return sample

@@ -198,6 +198,31 @@ def test_dicom_monochrome2_and_monochrome1() -> None:
     np.testing.assert_allclose(decode_image(mono2, name="noext"), frames[0] / 255.0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("center", "width", "function", "photometric"),
+    [(128, 256, None, "MONOCHROME2"), (100, 50, None, "MONOCHROME2"),
+     (90, 40, "LINEAR_EXACT", "MONOCHROME2"), (120, 60, "SIGMOID", "MONOCHROME2"),
+     (100, 50, None, "MONOCHROME1"), (-20, 30, None, "MONOCHROME2")],
+)  # fmt: skip
+def test_dicom_window_is_pydicoms(center, width, function, photometric) -> None:
+    # the stored VOI window as DICOM PS3.3 C.11.2.1.2 defines it (pydicom.apply_windowing,
+    # output range y_min..y_max scaled to [0, 1]): with c=128, w=256 the stored 255 is 1.0
+    ds = pydicom.dcmread(io.BytesIO(write_dicom(np.arange(256).reshape(1, 16, 16))))
+    ds.WindowCenter, ds.WindowWidth, ds.PhotometricInterpretation = center, width, photometric
+    if center < 0:  # a rescale: the window is in output units
+        ds.RescaleSlope, ds.RescaleIntercept = 0.5, -60
+    if function:
+        ds.VOILUTFunction = function
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    values = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds)
+    y_min, y_max = (-60.0, 67.5) if center < 0 else (0.0, 255.0)
+    expected = (pydicom.pixels.apply_windowing(values, ds) - y_min) / (y_max - y_min)
+    if photometric == "MONOCHROME1":
+        expected = 1.0 - expected
+    np.testing.assert_allclose(decode_image(buf.getvalue(), name="w.dcm"), expected, atol=1e-6)
+
+
 def test_dicom_deep_monochrome_uses_window_or_range() -> None:
     path = bundled("CT_small.dcm")  # 16-bit
     out = decode_image(open(path, "rb").read(), name=path)

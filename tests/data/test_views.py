@@ -77,6 +77,23 @@ def test_identity_crop_without_augmentation() -> None:
     assert out["local"].shape == (0, 1, 32, 32)
 
 
+@pytest.mark.parametrize(("h", "w"), [(40, 120), (120, 40), (60, 60)])
+def test_crop_fallback_is_torchvision_centre_crop(h: int, w: int) -> None:
+    # no try can fit (scale ≈ 1, aspect ratios the box cannot hold): RandomResizedCrop then
+    # takes the whole box with its aspect ratio clamped to the range, centred — not a square
+    from torchvision.transforms.v2 import RandomResizedCrop
+
+    scale, ratio = (0.99, 1.0), (1.25, 2.0)
+    sample = {"image": torch.rand(1, h, w), "fov": torch.ones(1, h, w, dtype=torch.bool)}
+    views = MultiCropViews(32, 16, 1, 0, global_scale=scale, ratio=ratio, **NEUTRAL)
+    boxes: list[tuple[int, int, int, int]] = []
+    original = views._crop_box
+    views._crop_box = lambda *a: boxes.append(original(*a)) or boxes[-1]  # type: ignore[method-assign]
+    views(sample, generator=gen(0))
+    expected = RandomResizedCrop.get_params(sample["image"], list(scale), list(ratio))
+    assert boxes == [tuple(expected)]  # (top, left, h, w)
+
+
 def _one_change(sample: dict, seed: int = 0, **strengths: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(before, after) of the single global view with one augmentation enabled."""
     base = {"gain": 0.0, "contrast": 0.0, "gamma": 0.0, "attenuation": 0.0}

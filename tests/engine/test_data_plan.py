@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlkit.engine.data import BatchPlan, StepBatchSampler, seed_for, share_cores
+from arlkit.engine.data import BatchPlan, StepBatchSampler, ViewsDataset, seed_for, share_cores
 from arlkit.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ def order(epoch: int) -> list[int]:
     return [(i * 7 + epoch * 3) % 50 for i in range(50)]
 
 
-def steps(plan: BatchPlan, start: int, total: int) -> list[list[tuple[int, int, int]]]:
+def steps(plan: BatchPlan, start: int, total: int) -> list[list[tuple[int, ...]]]:
     batches = list(StepBatchSampler(order, plan, start, total))
     per_step = plan.accum_steps
     return [sum(batches[i : i + per_step], []) for i in range(0, len(batches), per_step)]
@@ -37,6 +37,36 @@ def test_epochs_advance_and_resume_continues_the_sequence():
     full = steps(plan, 0, 14)
     assert full[6][0][2] == 1 and full[5][0][2] == 0  # epoch tags
     assert steps(plan, 9, 14) == full[9:]
+
+
+def test_repeated_draws_in_an_epoch_get_their_own_views():
+    # an organ-balanced order draws rare images several times per epoch: each draw must
+    # get other crops (the first keeps the (seed, epoch, index) stream), yet stay the same
+    # on resume
+    def balanced(epoch: int) -> list[int]:
+        return [0, 1, 0, 2, 0, 1, 3, 4]
+
+    plan = BatchPlan(4, 1, 0, 1, 8)
+    keys = [k for batch in StepBatchSampler(balanced, plan, 0, 2) for k in batch]
+    assert [k[3] for k in keys] == [0, 0, 1, 0, 2, 1, 0, 0]
+    assert list(StepBatchSampler(balanced, plan, 1, 2))[0] == keys[4:]
+
+    class Items:
+        def __len__(self) -> int:
+            return 5
+
+        def __getitem__(self, i: int) -> dict:
+            return {"organ": 0}
+
+    def views(sample: dict, generator: torch.Generator) -> dict:
+        return {**sample, "draw": float(torch.rand(1, generator=generator))}
+
+    ds = ViewsDataset(Items(), views, seed=5)
+    draws = [ds[k]["draw"] for k in keys]
+    assert len({draws[0], draws[2], draws[4]}) == 3 and draws[1] != draws[5]
+    first = float(torch.rand(1, generator=torch.Generator().manual_seed(seed_for(5, 0, 0))))
+    assert draws[0] == first == ds[(0, 0, 0)]["draw"]  # keys without a repeat still work
+    assert draws == [ds[k]["draw"] for k in keys]
 
 
 def test_plan_errors():
