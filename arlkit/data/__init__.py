@@ -8,7 +8,8 @@ Real files::
     ds = ManifestDataset("s3://bucket/us/manifest.parquet", size=256)   # or a folder tree
     views = ViewDataset(ds, MultiCropViews(), seed=0)
     loader = DataLoader(views, batch_size=64, collate_fn=collate,
-                        sampler=OrganBalancedSampler(ds.organ_indices, temperature=0.5))
+                        sampler=OrganBalancedSampler(ds.organ_indices, temperature=0.5,
+                                                     draws=True))  # repeats: fresh views
 
 The embedded synthetic corpus lives in :mod:`arlkit.data.synthetic`
 (``SyntheticUltrasound``, ``SyntheticTask``; also reachable from here, imported lazily).

@@ -176,9 +176,11 @@ class ManifestDataset(Dataset):
         return warp_mask(labels, geometry)
 
 
-def view_seed(seed: int, epoch: int, index: int) -> int:
-    """The 63-bit seed of item ``index`` in ``epoch`` (independent streams per triple)."""
-    words = np.random.SeedSequence([seed & (2**63 - 1), epoch, index]).generate_state(2)
+def view_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:
+    """The 63-bit seed of item ``index`` in ``epoch`` (independent streams per triple), and
+    of its ``draw``-th repeat in the epoch (draw 0 is the triple's)."""
+    words = np.random.SeedSequence(
+        [seed & (2**63 - 1), epoch, index, *([draw] if draw else [])]).generate_state(2)
     return int((int(words[0]) << 32 | int(words[1])) & (2**63 - 1))
 
 
@@ -193,7 +195,9 @@ class ViewDataset(Dataset):
 
     Call :meth:`set_epoch` before each epoch (DataLoader workers copy the dataset when an
     iterator starts, so use ``persistent_workers=False`` or recreate the loader).
-    Invalid samples pass through untouched.
+    Invalid samples pass through untouched. An item is an index, or an ``(index, draw)``
+    pair from ``OrganBalancedSampler(..., draws=True)``: each draw of an image that comes
+    again in the epoch then gets views of its own (draw 0 has the index's views).
     """
 
     def __init__(
@@ -215,9 +219,10 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, draw = (key, 0) if not isinstance(key, tuple) else (int(key[0]), int(key[1]))
         sample = self.dataset[i]
         if not sample.get("valid", True):
             return sample
-        generator = torch.Generator().manual_seed(view_seed(self.seed, self.epoch, int(i)))
+        generator = torch.Generator().manual_seed(view_seed(self.seed, self.epoch, int(i), draw))
         return self.transform(sample, generator=generator)

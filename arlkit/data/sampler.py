@@ -18,6 +18,12 @@ Sharding: every process computes the same global order from ``(seed, epoch)`` an
 takes positions ``rank, rank + W, …`` of it; the shards are disjoint, and together
 they are the one-process sequence (padded by wrapping around when ``M`` is not a
 multiple of ``W``, like ``DistributedSampler``, unless ``drop_last``).
+
+Below ``T = 1`` the images of rare organs come several times per epoch. With
+``draws=True`` the sampler yields ``(index, draw)`` pairs, ``draw`` counting the earlier
+draws of that index in the epoch (:func:`draw_numbers`), and
+:class:`arlkit.data.dataset.ViewDataset` gives each draw views of its own; plain indices
+would give every draw of an image the same crops.
 """
 
 from __future__ import annotations
@@ -31,7 +37,22 @@ from torch.utils.data import Sampler
 
 from arlkit.errors import ConfigError, DataError
 
-__all__ = ["OrganBalancedSampler", "organ_shares"]
+__all__ = ["OrganBalancedSampler", "draw_numbers", "organ_shares"]
+
+
+def draw_numbers(indices: Sequence[int] | np.ndarray) -> list[int]:
+    """For each position of a sequence, how often its index occurred at earlier positions.
+
+    Example: ``draw_numbers([4, 2, 4, 4, 2]) == [0, 0, 1, 2, 1]``.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+    counts = np.diff(np.r_[starts, len(idx)])
+    out = np.empty(len(idx), dtype=np.int64)
+    out[order] = np.arange(len(idx)) - np.repeat(starts, counts)
+    return out.tolist()
 
 
 def organ_shares(counts: Sequence[int] | np.ndarray, temperature: float) -> np.ndarray:
@@ -63,7 +84,7 @@ def _quotas(shares: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
-class OrganBalancedSampler(Sampler[int]):
+class OrganBalancedSampler(Sampler[Any]):
     """Organ-balanced, seeded, shardable and resumable sampler of dataset indices.
 
     Args:
@@ -75,6 +96,9 @@ class OrganBalancedSampler(Sampler[int]):
         world_size: number of shards. Defaults are one shard (not read from
             ``torch.distributed``: arlkit's engine shards global batches itself).
         drop_last: drop the tail instead of padding so all shards are equally long.
+        draws: yield ``(index, draw)`` pairs instead of indices, ``draw`` numbering the
+            repeats of an index within the epoch (for :class:`ViewDataset`: fresh views
+            for every draw).
 
     Raises:
         ConfigError: negative temperature, bad rank/world size, no items.
@@ -90,6 +114,7 @@ class OrganBalancedSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        draws: bool = False,
     ) -> None:
         organs = np.asarray(organ_indices, dtype=np.int64).reshape(-1)
         if organs.size == 0:
@@ -105,6 +130,7 @@ class OrganBalancedSampler(Sampler[int]):
             raise ConfigError(f"sampler: num_samples must be positive, got {num_samples}")
         self.temperature, self.seed = float(temperature), int(seed)
         self.rank, self.world_size, self.drop_last = int(rank), int(world_size), drop_last
+        self.draws = bool(draws)
         self.num_samples = total
         self.epoch = 0
         self._start = 0  # position in this shard where the next __iter__ begins
@@ -150,21 +176,27 @@ class OrganBalancedSampler(Sampler[int]):
             picks.append(walk[:quota])
         return rng.permutation(np.concatenate(picks))
 
-    def shard(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's indices of the epoch, ``(shard_length,)``."""
+    def _padded(self, epoch: int | None) -> np.ndarray:
         order = self.global_order(epoch)
         length = self.shard_length * self.world_size
         if length > len(order):  # pad by wrapping, as DistributedSampler does
             order = np.concatenate([order, np.resize(order, length - len(order))])
-        return order[:length][self.rank :: self.world_size]
+        return order[:length]
 
-    def __iter__(self) -> Iterator[int]:
-        indices = self.shard()
+    def shard(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's indices of the epoch, ``(shard_length,)``."""
+        return self._padded(epoch)[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[Any]:
+        order = self._padded(None)
+        indices = order[self.rank :: self.world_size].tolist()
+        # draw numbers over the whole epoch, so that every shard numbers alike
+        draws = draw_numbers(order)[self.rank :: self.world_size] if self.draws else None
         start, self._start = self._start, 0
         self._yielded = start
-        for index in indices[start:].tolist():
+        for k in range(start, len(indices)):
             self._yielded += 1
-            yield index
+            yield (indices[k], draws[k]) if draws is not None else indices[k]
 
     # ------------------------------------------------------------------ state
     def set_epoch(self, epoch: int) -> None:

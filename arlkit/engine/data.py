@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from arlkit.data.condition import side_information
+from arlkit.data.sampler import draw_numbers
 from arlkit.errors import ConfigError
 
 __all__ = [
@@ -120,23 +120,11 @@ class StepBatchSampler(Sampler[list[tuple[int, int, int, int]]]):
             epoch = plan.epoch_of(step)
             if epoch != cached_epoch:
                 indices, cached_epoch = list(self.order(epoch)), epoch
-                repeats = _repeats(indices)
+                repeats = draw_numbers(indices)
             offset = (step - epoch * plan.steps_per_epoch) * plan.global_batch
             for micro in range(plan.accum_steps):
                 yield [(int(indices[offset + p]), p, epoch, repeats[offset + p])
                        for p in plan.micro_positions(micro)]  # fmt: skip
-
-
-def _repeats(indices: Sequence[int]) -> list[int]:
-    """For each position, how often its index occurred at earlier positions."""
-    idx = np.asarray(indices, dtype=np.int64)
-    order = np.argsort(idx, kind="stable")
-    sorted_idx = idx[order]
-    starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
-    counts = np.diff(np.r_[starts, len(idx)])
-    out = np.empty(len(idx), dtype=np.int64)
-    out[order] = np.arange(len(idx)) - np.repeat(starts, counts)
-    return out.tolist()
 
 
 def seed_for(*parts: int) -> int:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlkit.data.sampler import OrganBalancedSampler, organ_shares
+from arlkit.data.sampler import OrganBalancedSampler, draw_numbers, organ_shares
 from arlkit.errors import ConfigError, DataError
 
 # 60 breast (0), 30 liver (3), 9 cardiac (11), 1 unknown (16)
@@ -147,3 +147,22 @@ def test_bad_settings(kwargs: dict, match: str) -> None:
         OrganBalancedSampler(ORGANS, **kwargs)
     with pytest.raises(ConfigError, match="empty"):
         OrganBalancedSampler([])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=60))
+def test_draw_numbers_count_earlier_occurrences(indices: list[int]) -> None:
+    assert draw_numbers(indices) == [indices[:k].count(v) for k, v in enumerate(indices)]
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_draws_number_the_repeats_of_rare_organs_across_shards(world: int) -> None:
+    # at T = 0 the single unknown image is drawn 25 times per epoch: 25 distinct draws
+    kw = dict(temperature=0.0, seed=4, world_size=world, drop_last=True)
+    plain = [list(OrganBalancedSampler(ORGANS, rank=r, **kw)) for r in range(world)]
+    pairs = [list(OrganBalancedSampler(ORGANS, rank=r, draws=True, **kw)) for r in range(world)]
+    assert [[i for i, _ in shard] for shard in pairs] == plain  # the same order
+    union = [pair for shard in pairs for pair in shard]
+    assert len(set(union)) == len(union)  # no two draws share (index, draw)
+    unknown = sorted(d for i, d in union if ORGANS[i] == 16)
+    assert unknown == list(range(len(unknown))) and len(unknown) >= 24

@@ -198,6 +198,12 @@ def test_view_dataset_is_deterministic_per_epoch_and_index() -> None:
     assert ds[2] == {"valid": False, "id": "bad.png", "error": "truncated", "organ": 0}
     assert ds.organ_indices == [0, 0, 0] and len(ds) == 3
     assert len({view_seed(11, e, i) for e in range(3) for i in range(3)}) == 9
+    # (index, draw) keys of OrganBalancedSampler(draws=True): draw 0 is the index's views,
+    # a repeat of the image in the epoch gets its own
+    assert torch.equal(ds[(0, 0)]["global"], first)
+    assert not torch.equal(ds[(0, 1)]["global"], first)
+    assert torch.equal(ds[(0, 1)]["global"], ds[(0, 1)]["global"])
+    assert ds[(2, 1)]["valid"] is False
 
 
 def test_clean_global_is_the_same_crop_before_intensity_augmentation() -> None:
