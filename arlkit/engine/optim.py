@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
+import math
+from collections.abc import Iterable
 
-__all__ = ["param_groups"]
+import torch
+from torch import Tensor, nn
+
+__all__ = ["clip_gradients", "param_groups"]
 
 # learned tokens and tables held as bare parameters, matched on the parameter's own name: a
 # layer merely *called* ``embed`` (the MIM decoder's input Linear) is a projection and decays,
@@ -42,3 +46,34 @@ def param_groups(model: nn.Module) -> list[dict]:
         {"params": decay, "apply_wd": True, "name": "decay"},
         {"params": no_decay, "apply_wd": False, "weight_decay": 0.0, "name": "no_decay"},
     ]
+
+
+@torch.no_grad()
+def clip_gradients(
+    parameters: Iterable[Tensor], max_norm: float | None, per_parameter: bool = False
+) -> Tensor:
+    """Clip gradients in place; returns the total gradient norm before clipping.
+
+    Args:
+        parameters: the parameters whose ``.grad`` to clip (those without one are skipped).
+        max_norm: the bound; None clips nothing (the norm is still returned).
+        per_parameter: bound each parameter's gradient norm on its own (DINO's and iBOT's
+            ``clip_gradients``: ``g ← g · min(1, max_norm / (‖g‖ + 1e-6))``) instead of the
+            norm of all gradients together (``torch.nn.utils.clip_grad_norm_``; DINOv2).
+
+    Returns:
+        0-dim float32 tensor ``‖(g_1, …, g_n)‖₂`` (inf or NaN when a gradient is not finite).
+    """
+    params = list(parameters)
+    if not per_parameter:
+        return torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)  # one per parameter
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if max_norm is not None:
+        scales = [torch.clamp(max_norm / (n.float() + 1e-6), max=1.0).to(g.dtype)
+                  for n, g in zip(norms, grads, strict=True)]
+        torch._foreach_mul_(grads, scales)
+    return total

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from arlkit.engine.build import Components
 from arlkit.engine.data import BatchPlan, StepBatchSampler, make_loader, seed_for
 from arlkit.engine.distributed import DistInfo
 from arlkit.engine.logger import RunLogger
-from arlkit.engine.optim import param_groups
+from arlkit.engine.optim import clip_gradients, param_groups
 from arlkit.engine.schedules import cosine
 from arlkit.engine.step import Step
 from arlkit.errors import ArlkitError
@@ -280,8 +279,9 @@ class Trainer:
         for obj in self.c.objectives:
             if step is not None:
                 obj.after_backward(step, self.student)
-        clip = self.recipe.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip or math.inf)
+        optim = self.recipe.optim
+        norm = clip_gradients(self.student.parameters(), optim.grad_clip,
+                              per_parameter=optim.grad_clip_mode == "per_parameter")
         if not self._all_finite(norm):
             raise _SkippedStep
         logs["grad_norm"] = float(norm)

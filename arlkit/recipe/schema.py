@@ -166,6 +166,9 @@ class OptimConfig(_Strict):
     weight_decay_end: float = Field(0.4, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(3.0, gt=0, description="max gradient norm; null disables")
+    grad_clip_mode: Literal["global", "per_parameter"] = Field(
+        "global", description="bound the norm of all gradients together (DINOv2) or of each "
+        "parameter's on its own (DINO, iBOT)")
     accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
 
     @model_validator(mode="before")

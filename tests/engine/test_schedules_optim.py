@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from arlkit.engine.optim import param_groups
+from arlkit.engine.optim import clip_gradients, param_groups
 from arlkit.engine.schedules import cosine
 
 
@@ -82,3 +82,33 @@ def test_param_groups_decay_projections_named_embed_not_tables():
     assert {"probe_embed.weight", "embedding", "decoder_pos_embed", "rel.rel_table"} <= {
         names[id(p)] for p in no_decay["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+
+
+def _grads(seed: int) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (3, 5, 2)]
+    for p, scale in zip(params, (10.0, 0.1, 2.0), strict=True):
+        p.grad = scale * torch.randn(p.shape, generator=g)
+    return params
+
+
+@pytest.mark.parametrize("max_norm", [None, 1.0])
+def test_clip_gradients_globally_is_torchs(max_norm) -> None:
+    mine, ref = _grads(0), _grads(0)
+    total = clip_gradients(mine, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(ref, max_norm or math.inf)
+    torch.testing.assert_close(total, expected)
+    for a, b in zip(mine, ref, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_clip_gradients_per_parameter_is_dinos() -> None:
+    params = _grads(1)
+    before = [p.grad.clone() for p in params]
+    total = clip_gradients(params, 1.0, per_parameter=True)
+    torch.testing.assert_close(total, torch.linalg.vector_norm(torch.cat(before)))
+    for p, g in zip(params, before, strict=True):  # DINO utils.clip_gradients, by hand
+        coef = 1.0 / (g.norm() + 1e-6)
+        torch.testing.assert_close(p.grad, g * coef if coef < 1 else g)
+    assert params[1].grad.norm() < 1.0 and torch.equal(params[1].grad, before[1])  # untouched
+    assert abs(float(params[0].grad.norm()) - 1.0) < 1e-5  # its own bound, not a shared one

@@ -74,7 +74,8 @@ def test_every_error_is_reported_together_with_paths_and_suggestions(tmp_path, r
             f"  {path}: optim.lr: Input should be a valid number, unable to parse string as a "
             "number (got 'fast')",
             f"  {path}: optim.lrr: unknown key 'lrr'; did you mean 'lr'? (allowed: lr, min_lr, "
-            "warmup_steps, weight_decay, weight_decay_end, betas, grad_clip, accum_steps)",
+            "warmup_steps, weight_decay, weight_decay_end, betas, grad_clip, grad_clip_mode, "
+            "accum_steps)",
             f"  {path}: trian: unknown key 'trian'; did you mean 'train'? (allowed: name, seed, "
             "run_dir, taxonomy, model, objectives, balancer, data, optim, teacher, train)",
         ]
