@@ -23,7 +23,7 @@ import csv
 import json
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["heldout_accuracy", "heldout_split", "register"]
 
 
 def _dataset(spec: str, taxonomy: Any, size: int, n: int, seed: int) -> Any:
@@ -45,8 +45,10 @@ def _dataset(spec: str, taxonomy: Any, size: int, n: int, seed: int) -> Any:
     return ds
 
 
-def _backbone(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
-    """The model and, for exports and runs, its rebuildable configuration."""
+def _backbone(
+    args: argparse.Namespace, meta: dict[str, str] | None = None
+) -> tuple[Any, dict[str, Any] | None]:
+    """The model and, for exports, its rebuildable configuration (its metadata into ``meta``)."""
     from arlkit.eval.backbones import resolve_backbone
 
     resolved = resolve_backbone(args.backbone, getattr(args, "arch", None), args.seed)
@@ -54,12 +56,56 @@ def _backbone(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
     if resolved.kind == "export":
         from arlkit.engine.export import read_export
 
-        config = read_export(resolved.source)[1]
+        _, config, raw_meta = read_export(resolved.source)
+        if meta is not None:
+            meta.update(raw_meta)
     return resolved.model, config
 
 
 def _size(args: argparse.Namespace, model: Any) -> int:
     return int(args.image_size or getattr(model, "img_size", 224))
+
+
+def _warn_bad(bad: list[tuple[str, str]]) -> None:
+    """Name the unreadable images that were left out, on stderr."""
+    if bad:
+        from arlkit.cli.output import err_console
+
+        shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        err_console().print(f"warning: left out {len(bad)} unreadable image(s): {shown}{more}")
+
+
+def heldout_split(organs: Any, groups: list[str], fraction: float, seed: int) -> tuple[Any, Any]:
+    """``(train, held-out)`` row indices: about ``fraction`` of the patients of each organ are
+    held out, so the frames of one patient never straddle the split (as the evaluation
+    splits, :func:`arlkit.eval.splits.grouped_split`; rows without a patient id stand alone).
+
+    Raises:
+        ConfigError: ``fraction`` outside ``[0, 1)``.
+    """
+    import torch
+
+    from arlkit.errors import ConfigError
+    from arlkit.eval.splits import grouped_split
+
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return torch.arange(len(organs)), torch.zeros(0, dtype=torch.long)
+    tr, _, val = grouped_split([int(o) for o in organs], groups, 0.0, fraction, seed)
+    return torch.as_tensor(tr), torch.as_tensor(val)
+
+
+def heldout_accuracy(pred: Any, organs: Any, unknown_index: int) -> tuple[float, int]:
+    """Accuracy of predicted organs ``(N,)`` on the rows with an organ label, and their count.
+
+    ``unknown`` rows have no answer to get right (the head never predicts ``unknown``), so
+    they are left out rather than counted as errors.
+    """
+    known = organs != unknown_index
+    n = int(known.sum())
+    return (float((pred[known] == organs[known]).float().mean()) if n else float("nan")), n
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -70,20 +116,24 @@ def _train(args: argparse.Namespace) -> int:
 
     model, _ = _backbone(args)
     ds = _dataset(args.data, model.taxonomy, _size(args, model), args.n, args.seed)
-    images, organs = stack_samples(ds, where=f"--data {args.data}")
-    perm = torch.randperm(len(organs), generator=torch.Generator().manual_seed(args.seed))
-    n_val = max(1, int(len(perm) * args.val_fraction)) if args.val_fraction > 0 else 0
-    val, tr = perm[:n_val], perm[n_val:]
+    bad: list[tuple[str, str]] = []
+    groups: list[str] = []
+    images, organs = stack_samples(ds, where=f"--data {args.data}", bad_files=bad, groups=groups)
+    _warn_bad(bad)
+    tr, val = heldout_split(organs, groups, args.val_fraction, args.seed)
+    n_val = len(val)
     head = train_organ_classifier(model, images[tr], organs[tr], model.taxonomy, steps=args.steps,
                                   seed=args.seed)
     msg = f"organ head trained on {len(tr)} images"
     if n_val:
         from arlkit.organ.classifier import organ_features
 
-        pred = head(organ_features(model, images[val])).argmax(-1)
-        acc = float((pred == organs[val]).float().mean())
-        n_cls = len(set(organs[tr].tolist()))
-        msg += f"; held-out accuracy {acc:.3f} on {n_val} images (chance {1 / n_cls:.3f})"
+        with torch.no_grad():
+            pred = head(organ_features(model, images[val])).argmax(-1)
+        acc, n_known = heldout_accuracy(pred, organs[val], model.taxonomy.unknown_index)
+        n_cls = len(set(organs[tr].tolist()) - {model.taxonomy.unknown_index})
+        msg += (f"; held-out accuracy {acc:.3f} on {n_known} labelled images "
+                f"(chance {1 / max(n_cls, 1):.3f})")
     save_head(head, args.out, {"backbone": args.backbone})
     console().print(f"{msg}; wrote {args.out}")
     return 0
@@ -104,12 +154,19 @@ def _predict(args: argparse.Namespace) -> int:
 
         raise DataError(f"--data {args.data}: no images")
     names = model.taxonomy.names
-    low = mismatch = 0
+    low = mismatch = written = 0
+    bad: list[tuple[str, str]] = []
     with open(args.out, "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["id", "organ", "confidence", "second", "second_confidence", "given", "status"])
         for start in range(0, len(ds), 64):
             samples = [ds[i] for i in range(start, min(start + 64, len(ds)))]
+            bad += [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
+                    for s in samples if not s.get("valid", True)]
+            samples = [s for s in samples if s.get("valid", True)]
+            if not samples:
+                continue
+            written += len(samples)
             x = torch.stack([s["image"] for s in samples])  # (b, 1, H, W)
             with torch.no_grad():
                 probs = auto.organ_probabilities(x)  # (b, K)
@@ -123,7 +180,13 @@ def _predict(args: argparse.Namespace) -> int:
                     status, mismatch = "label_mismatch", mismatch + 1  # a wrong label, or a wrong guess
                 out.writerow([s["id"], names[i[0]], f"{p[0]:.4f}", names[i[-1]], f"{p[-1]:.4f}",
                               names[given], status])
-    console().print(f"wrote {len(ds)} predictions to {args.out} "
+    _warn_bad(bad)
+    if not written:
+        from arlkit.errors import DataError
+
+        raise DataError(f"--data {args.data}: none of its {len(bad)} images could be read "
+                        f"(first: {bad[0][0]}: {bad[0][1]})")
+    console().print(f"wrote {written} predictions to {args.out} "
                     f"({low} below confidence {args.min_confidence}, {mismatch} confident and "
                     "disagreeing with the given organ)")
     return 0
@@ -137,7 +200,8 @@ def _add(args: argparse.Namespace) -> int:
     from arlkit.organ.extend import add_organ
 
     args.backbone = args.source
-    model, config = _backbone(args)
+    source_meta: dict[str, str] = {}
+    model, config = _backbone(args, source_meta)
     if config is None:
         from arlkit.eval.backbones import resolve_backbone  # a run directory
 
@@ -156,7 +220,9 @@ def _add(args: argparse.Namespace) -> int:
         raise ConfigError(f"organ add: {args.name!r} is already in the taxonomy")
     tax = model.taxonomy.extended([args.name])  # the manifest may name the new organ
     ds = _dataset(args.data, tax, _size(args, model), 1, args.seed)
-    images, organs = stack_samples(ds, where=f"--data {args.data}")
+    bad: list[tuple[str, str]] = []
+    images, organs = stack_samples(ds, where=f"--data {args.data}", bad_files=bad)
+    _warn_bad(bad)
     pos = organs == tax.index(args.name)
     if not bool(pos.any()):
         raise DataError(f"--data {args.data}: no row has organ {args.name!r}; label a few images")
@@ -166,7 +232,9 @@ def _add(args: argparse.Namespace) -> int:
                       negatives=(images[known], organs[known]), steps=args.steps, seed=args.seed)
     config = {**config, "taxonomy": list(added.taxonomy.organs)}
     export_backbone(model, config, args.out, extra={
-        "extended_from": args.source, "added_organs": json.dumps([args.name]),
+        # every organ added since the original export, not only this one
+        "extended_from": args.source,
+        "added_organs": json.dumps([*json.loads(source_meta.get("added_organs", "[]")), args.name]),
         "init_from": added.init_from})
     if head is not None:
         save_head(head, args.head_out or args.out.replace(".safetensors", "") + ".organ_head.safetensors")
@@ -195,13 +263,21 @@ def _robustness(args: argparse.Namespace) -> int:
         ns = argparse.Namespace(backbone=spec, arch=args.arch, seed=args.seed)
         model, _ = _backbone(ns)
         data = load_eval_data(args.data, _size(args, model), model.taxonomy, n_train=args.n_train,
-                              n_val=1, n_test=args.n_test, data_seed=args.seed)
-        sets = []
-        for split in (data.train, data.test):
+                              n_val=1, n_test=args.n_test, data_seed=args.seed, seed=args.seed)
+        sets, bad = [], []
+        for name, split in (("train", data.train), ("test", data.test)):
             samples = [split[j] for j in range(len(split))]
+            bad += [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
+                    for s in samples if not s.get("valid", True)]
+            samples = [s for s in samples if s.get("valid", True)]
+            if not samples:
+                from arlkit.errors import DataError
+
+                raise DataError(f"--data {args.data}: the {name} split holds no readable image")
             sets.append((torch.stack([s["image"] for s in samples]),
                          torch.tensor([int(s["organ"]) for s in samples]),
                          torch.tensor([int(s["label"]) for s in samples])))
+        _warn_bad(bad)
         cond = type(model.blocks[0].conditioner).__name__ if hasattr(model, "blocks") else "?"
         rows.append((spec, robustness_row(cond, model, sets[0], sets[1], args.fraction, args.seed)))
         if heads and heads[i] != "-":
@@ -237,7 +313,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="'synthetic' or a manifest/folder with organs")
     p.add_argument("--n", type=int, default=400, help="synthetic images")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held out to report accuracy")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of patients (per organ) held out to report accuracy")
     p.add_argument("--out", default="organ_head.safetensors")
     p.set_defaults(handler=_train)
     p = ogs.add_parser("predict", help="per-image organ predictions with confidence (CSV)")

@@ -10,6 +10,7 @@ the wrapper follows the backbone contract and drops into the evaluation protocol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from arlkit.conditioners.base import OrganBatch
 from arlkit.errors import ConfigError
-from arlkit.organ.classifier import OrganClassifier
+from arlkit.organ.classifier import OrganClassifier, eval_mode
 
 __all__ = ["AUTO", "AutoOrganBackbone"]
 
@@ -49,9 +50,15 @@ class AutoOrganBackbone(nn.Module):
                 f"organ auto: head width {head.fc.in_features} != backbone width {backbone.embed_dim}"
             )
         self.backbone, self.head, self.default = backbone, head, default
-        for attr in ("embed_dim", "patch_size", "num_prefix_tokens", "in_chans", "depth", "taxonomy"):
+        for attr in ("embed_dim", "patch_size", "num_prefix_tokens", "in_chans", "depth"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
+
+    @property
+    def taxonomy(self) -> Any:
+        """The backbone's taxonomy, read live: ``add_organ`` on the backbone extends it, and
+        organ indices built from a stale copy would put ``unknown`` on the new organ."""
+        return self.backbone.taxonomy
 
     def organ_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted organ probabilities ``(B, K)`` of images ``x (B, in_chans, H, W)``."""
@@ -59,8 +66,12 @@ class AutoOrganBackbone(nn.Module):
         return self.head.probabilities(feats)
 
     def _resolve(self, x: torch.Tensor, organ: Any) -> OrganBatch:
+        if isinstance(organ, Mapping):  # a condition: the organ plus side information
+            return {**organ, "organ": self._resolve(x, organ.get("organ"))}
         if isinstance(organ, str) and organ == AUTO:
-            with torch.no_grad():
+            # the guess stands in for a label: deterministic, as the head saw it in training
+            # (eval mode), even while the backbone is being fine-tuned
+            with torch.no_grad(), eval_mode(self.backbone):
                 return self.organ_probabilities(x)
         return organ
 

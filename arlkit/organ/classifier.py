@@ -9,7 +9,8 @@ features are computed once and a softmax regression is fitted on them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,6 +59,18 @@ class OrganClassifier(nn.Module):
         return self(features).float().softmax(-1)
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode (no drop path, dropout or conditioning dropout), then
+    restore its own mode: features for recognition must not depend on train-time noise."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 @torch.no_grad()
 def organ_features(
     backbone: nn.Module, images: torch.Tensor, batch_size: int = 64
@@ -70,25 +83,42 @@ def organ_features(
         batch_size: images per forward pass.
 
     Returns:
-        ``(N, C)`` float32 features.
+        ``(N, C)`` float32 features (computed in eval mode, as for any frozen feature
+        extractor; the backbone's own mode is restored).
     """
-    out = [backbone.forward_features(chunk, None)[:, 0].float()
-           for chunk in images.split(batch_size)]
+    with eval_mode(backbone):
+        out = [backbone.forward_features(chunk, None)[:, 0].float()
+               for chunk in images.split(batch_size)]
     return torch.cat(out) if out else images.new_zeros(0, backbone.embed_dim)
 
 
 def stack_samples(
-    dataset: Any, indices: Sequence[int] | None = None, where: str = "data"
+    dataset: Any, indices: Sequence[int] | None = None, where: str = "data",
+    bad_files: list[tuple[str, str]] | None = None, groups: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 1, H, W)`` and organ indices ``(N,)`` of a map-style dataset.
 
+    Unreadable images (samples with ``valid`` False) are left out; their ``(id, reason)``
+    are appended to ``bad_files`` when it is given. ``groups``, when given, receives the
+    ``patient_id`` of each returned image (``""`` when none), for patient-grouped splits.
+
     Raises:
-        DataError: the dataset (or the selection) is empty.
+        DataError: the dataset (or the selection) is empty, or no image of it is readable.
     """
     rows = list(range(len(dataset))) if indices is None else list(indices)
     if not rows:
         raise DataError(f"{where}: no images (empty manifest or selection); add labelled rows")
     samples = [dataset[int(i)] for i in rows]
+    bad = [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
+           for s in samples if not s.get("valid", True)]
+    if bad_files is not None:
+        bad_files.extend(bad)
+    samples = [s for s in samples if s.get("valid", True)]
+    if groups is not None:
+        groups.extend(str(s.get("patient_id") or "") for s in samples)
+    if not samples:
+        raise DataError(f"{where}: none of its {len(bad)} images could be read "
+                        f"(first: {bad[0][0]}: {bad[0][1]})")
     images = torch.stack([s["image"] for s in samples])  # (N, 1, H, W)
     organs = torch.tensor([int(s["organ"]) for s in samples], dtype=torch.long)
     return images, organs
@@ -178,6 +208,12 @@ def head_from_run(run_dir: str, taxonomy: Taxonomy, name: str = "organ_classifie
         prefix = f"{who}.heads.{name}.classifier."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if state:
+            if state["fc.weight"].shape[0] != taxonomy.num_classes:
+                raise ArlkitError(
+                    f"--head {run_dir}: the run's organ head has {state['fc.weight'].shape[0]} "
+                    f"outputs, the backbone's taxonomy {taxonomy.num_classes} organs; retrain "
+                    "one with 'arlkit organ train'"
+                )
             head = OrganClassifier(state["fc.weight"].shape[1], taxonomy)
             head.load_state_dict(state, strict=True)
             return head.eval()

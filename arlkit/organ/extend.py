@@ -73,8 +73,12 @@ def conditioner_tables(backbone: nn.Module) -> list[tuple[nn.Module, str]]:
     return out
 
 
-def _grow(module: nn.Module, attr: str, k: int, src: int) -> tuple[nn.Parameter, torch.Tensor]:
-    """Insert a copy of row/column ``src`` at index ``k``; returns the new parameter, old copy."""
+def _grow(
+    module: nn.Module, attr: str, k: int, src: int
+) -> tuple[nn.Parameter, torch.Tensor, bool]:
+    """Insert a copy of row/column ``src`` at index ``k``; returns the new parameter, old copy
+    and the replaced parameter's ``requires_grad`` (what the new one gets back afterwards)."""
+    trainable = getattr(module, attr).requires_grad
     old = getattr(module, attr).detach().clone()
     if attr == "embedding":  # rows: organs 0..K-1, new, unknown
         new = torch.cat([old[:k], old[src : src + 1], old[k:]])
@@ -85,7 +89,7 @@ def _grow(module: nn.Module, attr: str, k: int, src: int) -> tuple[nn.Parameter,
     setattr(module, attr, param)
     if attr == "weight":
         module.in_features = k + 1
-    return param, old
+    return param, old, trainable
 
 
 def _restore(param: nn.Parameter, old: torch.Tensor, attr: str, k: int) -> None:
@@ -142,24 +146,34 @@ def add_organ(
         raise ConfigError(f"organ add: {name!r} is not a valid organ name (lower-case identifier)")
     if name in tax.organs:
         raise ConfigError(f"organ add: {name!r} is already in the taxonomy ({', '.join(tax.organs)})")
+    if head is not None and (head.taxonomy.organs != tax.organs
+                             or head.fc.in_features != backbone.embed_dim):
+        raise ConfigError(
+            "organ add: the organ head was trained for another backbone (taxonomy "
+            f"{', '.join(head.taxonomy.organs)}, width {head.fc.in_features}) than this one "
+            f"({', '.join(tax.organs)}, width {backbone.embed_dim}); train one on this backbone "
+            "with 'arlkit organ train'"
+        )
     k = tax.num_classes
+    was_training = backbone.training
     backbone.eval()
     feats = organ_features(backbone, images)
     src = _nearest(head, feats, k, min_prob)
     new_tax = tax.extended([name])
     tables = conditioner_tables(backbone)
+    flags = [(p, p.requires_grad) for p in backbone.parameters()]
+    grown = [(_grow(m, a, k, src), a) for m, a in tables]
     for p in backbone.parameters():
         p.requires_grad_(False)
-    grown = [(_grow(m, a, k, src), a) for m, a in tables]
     for blk in backbone.blocks:
         if getattr(blk, "conditioner", None) is not None:
             blk.conditioner.taxonomy = new_tax
     backbone.taxonomy = new_tax
-    params = [p for (p, _), _ in grown]
+    params = [p for (p, _, _), _ in grown]
     for p in params:
         p.requires_grad_(True)
     gen = torch.Generator().manual_seed(seed)
-    organ = torch.full((images.shape[0],), k, dtype=torch.long)
+    organ = torch.full((images.shape[0],), k, dtype=torch.long, device=images.device)
     with torch.no_grad():
         target = F.normalize(backbone.forward_features(images, organ)[:, 0], dim=-1)
     opt = torch.optim.Adam(params, lr=lr)
@@ -167,15 +181,22 @@ def add_organ(
     losses = []
     for _ in range(steps):
         mask = torch.rand(images.shape[0], n, generator=gen) < mask_ratio  # (N, T)
+        mask = mask.to(images.device)
         pred = F.normalize(backbone.forward_features(images, organ, mask=mask)[:, 0], dim=-1)
         loss = (1 - (pred * target).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    for (p, old), a in grown:
-        p.requires_grad_(False)
+    for (p, old, _), a in grown:
         _restore(p, old, a, k)
+    # leave the model as it came (a later fine-tune must still train it): its parameters'
+    # requires_grad and its mode; a grown table takes the flag of the one it replaced
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    for (p, _, flag), _ in grown:
+        p.requires_grad_(flag)
+    backbone.train(was_training)
     if head is not None:
         _grow_head(head, new_tax, feats, negatives, backbone, src, steps, lr)
     return AddedOrgan(name, k, new_tax.name(src) if src < k else UNKNOWN, new_tax,
@@ -196,7 +217,8 @@ def _grow_head(head: OrganClassifier, tax: Taxonomy, feats: torch.Tensor,
     if negatives is not None and negatives[0].shape[0]:
         x = torch.cat([x, organ_features(backbone, negatives[0])])
         y = torch.cat([y, negatives[1]])
-    keep = torch.zeros(k + 1, 1)
+    fc.to(w.device)
+    keep = torch.zeros(k + 1, 1, device=w.device)
     keep[k] = 1.0  # only the new row moves
     opt = torch.optim.Adam(fc.parameters(), lr=lr)
     for _ in range(steps):

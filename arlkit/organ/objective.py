@@ -39,6 +39,15 @@ class OrganClassifierObjective(Objective):
                 f"organ_classifier: need num_classes >= 2 and 0 <= label_smoothing < 1, got "
                 f"{num_classes}, {label_smoothing}"
             )
+        tax = context.taxonomy
+        if tax is not None and num_classes != tax.num_classes:
+            # the data's unknown index is the taxonomy's size: with any other num_classes,
+            # unknown images would be trained as a class, or an organ ignored as unknown
+            raise ConfigError(
+                f"organ_classifier: num_classes={num_classes} but the recipe taxonomy has "
+                f"{tax.num_classes} organs; leave num_classes unset (it defaults to the "
+                "taxonomy's size)"
+            )
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
 
     def build_heads(self) -> nn.ModuleDict:

@@ -29,7 +29,8 @@ def corrupt_labels(
     """Replace ``round(fraction·N)`` labels, chosen at random, by a different random organ.
 
     Args:
-        organ: ``(N,)`` organ indices in ``[0, K)``.
+        organ: ``(N,)`` organ indices in ``[0, K]`` (``K``: ``unknown``; a chosen unknown
+            row gets an organ drawn uniformly from all ``K``).
         fraction: share of labels to corrupt, in ``[0, 1]``.
         num_classes: ``K``.
         generator: random source.
@@ -48,7 +49,12 @@ def corrupt_labels(
     out = organ.clone()
     rows = torch.randperm(n, generator=generator)[: round(fraction * n)]
     shift = torch.randint(1, num_classes, (rows.numel(),), generator=generator)
-    out[rows] = (organ[rows] + shift) % num_classes  # a shift of 1..K-1 never lands on itself
+    wrong = (organ[rows] + shift) % num_classes  # a shift of 1..K-1 never lands on itself
+    # an unknown row (index K) has no organ to avoid: K + shift would skip organ 0
+    unknown = organ[rows] >= num_classes
+    if bool(unknown.any()):
+        wrong[unknown] = torch.randint(0, num_classes, (int(unknown.sum()),), generator=generator)
+    out[rows] = wrong
     return out
 
 

@@ -96,3 +96,54 @@ def test_head_from_run_prefers_teacher(tmp_path):
     write_checkpoint(run, 5, {"student.backbone.x": torch.zeros(1)}, {"step": 5})
     with pytest.raises(ArlkitError, match="did not train an organ head"):
         head_from_run(run, tax)
+
+
+def test_auto_guess_is_deterministic_in_train_mode(organ_data):
+    # while fine-tuning (train mode, drop path on) the guess must be the eval-mode one the
+    # head was trained on, as a given label would be; the backbone's mode is kept
+    from organ_helpers import tiny_config
+
+    from arlkit.engine.export import build_backbone
+
+    x, _ = organ_data
+    cfg = tiny_config()
+    cfg["backbone"]["params"]["drop_path_rate"] = 0.5
+    torch.manual_seed(0)
+    model = build_backbone(cfg).eval()
+    head = OrganClassifier(32, model.taxonomy)
+    torch.nn.init.normal_(head.fc.weight, std=1.0)
+    with torch.no_grad():
+        ref_feats = model.forward_features(x[:8], None)[:, 0]
+        ref = head.probabilities(ref_feats)
+    auto = AutoOrganBackbone(model, head).train()
+    got = auto._resolve(x[:8], "auto")
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(organ_features(model, x[:8]), ref_feats, rtol=0, atol=0)
+    assert model.training
+
+
+def test_head_from_run_refuses_other_size(tmp_path):
+    from arlkit.engine.checkpoint import write_checkpoint
+    from arlkit.organ import head_from_run
+
+    run = str(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    prefix = "student.heads.organ_classifier.classifier.fc."
+    write_checkpoint(run, 1, {prefix + "weight": torch.zeros(3, 8), prefix + "bias": torch.zeros(3)},
+                     {"step": 1})
+    with pytest.raises(ArlkitError, match="3 outputs"):
+        head_from_run(run, Taxonomy(("a", "b", "c", "d")))
+
+
+def test_auto_inside_a_condition_mapping(organ_data):
+    # conditioners with side information take {"organ": ..., key: ...}; "auto" works there too
+    x, _ = organ_data
+    model = tiny_backbone()
+    head = OrganClassifier(32, model.taxonomy)
+    torch.nn.init.normal_(head.fc.weight)
+    auto = AutoOrganBackbone(model, head)
+    with torch.no_grad():
+        got = auto.forward_features(x[:3], {"organ": "auto"})
+        probs = head.probabilities(model.forward_features(x[:3], None)[:, 0])
+        ref = model.forward_features(x[:3], {"organ": probs})
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -94,3 +94,41 @@ def test_export_records_extended_taxonomy(organ_data, tmp_path):
     with torch.no_grad():
         assert torch.equal(back.forward_features(x[:2], [16, 16]),
                            model.forward_features(x[:2], [16, 16]))
+
+
+def test_add_organ_leaves_model_trainable(organ_data):
+    # like resize_token_embeddings: the model comes back as it went in, ready to fine-tune
+    x, _ = organ_data
+    model = tiny_backbone().train()
+    model.blocks[1].norm1.weight.requires_grad_(False)  # a frozen part stays frozen
+    add_organ(model, "ovary_new", x[:2], steps=1)
+    assert model.training
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"blocks.1.norm1.weight"}
+    assert model.blocks[0].conditioner.embedding.requires_grad
+
+
+def test_add_organ_refuses_a_foreign_head(organ_data):
+    from arlkit.organ import OrganClassifier
+    from arlkit.taxonomy import Taxonomy
+
+    x, _ = organ_data
+    model = tiny_backbone()
+    other = Taxonomy(tuple(f"o{i}" for i in range(16)))  # same size, other organs
+    head = OrganClassifier(32, other)
+    with pytest.raises(ConfigError, match="another backbone"):
+        add_organ(model, "ovary_new", x[:2], head=head, steps=0)
+    assert head.taxonomy == other and model.taxonomy.num_classes == 16  # nothing relabelled
+
+
+def test_auto_wrapper_follows_added_organ(organ_data):
+    from arlkit.organ import AutoOrganBackbone, OrganClassifier
+
+    x, _ = organ_data
+    model = tiny_backbone()
+    head = OrganClassifier(32, model.taxonomy)
+    auto = AutoOrganBackbone(model, head)
+    add_organ(model, "ovary_new", x[:2], head=head, steps=0)
+    # a stale copy would still say unknown = 16, which is now the new organ
+    assert auto.taxonomy.unknown_index == 17 and auto.taxonomy.organs[-1] == "ovary_new"
+    assert auto.head.taxonomy == auto.taxonomy

@@ -105,3 +105,25 @@ def test_plugin_registers_objective():
     assert "organ_classifier" in regs.objectives.names()
     params = regs.objectives.get("organ_classifier").validate_params({"num_classes": 17})
     assert params["num_classes"] == 17
+
+
+def test_corrupt_unknown_rows_uniform_over_all_organs():
+    # an unknown row (index K) has no organ to avoid: each of the K organs is equally likely
+    # (K + shift with shift in 1..K-1 would never give organ 0)
+    k = 4
+    out = corrupt_labels(torch.full((800,), k), 1.0, k, torch.Generator().manual_seed(0))
+    counts = torch.bincount(out, minlength=k + 1)
+    assert counts[k] == 0 and bool((counts[:k] > 150).all()), counts  # 200 expected each
+
+
+def test_objective_num_classes_must_match_taxonomy():
+    from dataclasses import replace
+
+    from arlkit.taxonomy import Taxonomy
+
+    ctx = replace(_context(), taxonomy=Taxonomy())  # 16 organs, unknown = 16
+    assert OrganClassifierObjective(ctx).num_classes == 16
+    # 17 would train unknown images as class 16; 4 would ignore organ 4 as unknown
+    for bad in (17, 4):
+        with pytest.raises(ConfigError, match="taxonomy has 16 organs"):
+            OrganClassifierObjective(ctx, num_classes=bad)
