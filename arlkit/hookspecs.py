@@ -71,7 +71,11 @@ def arlkit_register_balancers(register: Registrar) -> None:
 
 @hookspec
 def arlkit_register_backbones(register: Registrar) -> None:
-    """Register backbones. Factories receive ``taxonomy`` from the builder."""
+    """Register backbones.
+
+    Factories receive ``taxonomy`` and the ``(name, params)`` pairs ``conditioner``,
+    ``deform_op`` and ``offset_net`` from the builder.
+    """
 
 
 @hookspec
@@ -90,7 +94,7 @@ def arlkit_register_datasets(register: Registrar) -> None:
 
 @hookspec
 def arlkit_register_transforms(register: Registrar) -> None:
-    """Register view transforms (multi-crop, augmentation)."""
+    """Register view transforms (multi-crop, augmentation). Factories receive ``taxonomy``."""
 
 
 @hookspec

@@ -60,9 +60,10 @@ class Entry(Generic[T]):
     Attributes:
         name: the name recipes use.
         factory: builds the component; its typed signature defines the parameters.
-        provider: the plugin that registered it (``arlkit`` for built-ins).
+        provider: the plugin that registered it (for built-ins, the module of their plugin,
+            e.g. ``arlkit.conditioners.plugin``).
         params: pydantic model of the recipe-settable parameters.
-        summary: first line of the factory's docstring.
+        summary: first paragraph of the factory's docstring, on one line.
     """
 
     name: str

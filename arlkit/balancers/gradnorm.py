@@ -1,12 +1,12 @@
 """Adaptive weight of the adversarial term: the gradient-norm ratio (VQGAN, ARL).
 
-``λ = ||∇_w L_ref|| / (||∇_w L_adv|| + ε)`` with ``w`` one shared parameter (the last
-layer of the reconstruction decoder), so that the adversarial gradient reaching the
-decoder has the size of the reconstruction gradient whatever the loss scales are.
-λ is detached, computed from float32 norms, clamped to ``[0, max_weight]``, replaced
-by ``fallback`` when not finite, and in distributed runs the two gradients are averaged
-over processes before their norms are taken, so that every process uses the λ of the
-global batch.
+``λ = scale · ||∇_w L_ref|| / (||∇_w L_adv|| + ε)`` with ``w`` one shared parameter (the
+last layer of the reconstruction decoder), so that the adversarial gradient reaching the
+decoder has ``scale`` times the size of the reconstruction gradient whatever the loss
+scales are. λ is detached, computed from float32 norms (the ratio clamped to
+``[0, max_weight]`` before ``scale`` multiplies it), replaced by ``fallback`` when not
+finite, and in distributed runs the two gradients are averaged over processes before their
+norms are taken, so that every process uses the λ of the global batch.
 
 The total is ``Σ_{k ≠ adv} L_k + λ · L_adv`` (for ARL: ``L_SD + (L_MIM + λ·L_adv)``).
 
@@ -14,7 +14,7 @@ Because λ rescales the adaptive gradient to the reference's, a constant factor 
 cancels: ``λ(c·L_adv) · c·L_adv = λ(L_adv) · L_adv`` (up to ε). A recipe weight on the
 adaptive objective would therefore do nothing, so the engine refuses one
 (:attr:`GradNormRatio.cancels_weight_of`); ``scale`` (VQGAN's ``discriminator_weight``)
-multiplies λ instead.
+sets the adversarial strength instead.
 
 Example::
 
@@ -79,7 +79,7 @@ class GradNormRatio:
     """
 
     #: Attributes naming losses whose recipe weight cancels out in the total (the engine
-    #: refuses a weight other than 1 there, as it would silently do nothing).
+    #: refuses a weight other than 0 or 1 there, as it would silently do nothing).
     cancels_weight_of: ClassVar[tuple[str, ...]] = ("adaptive",)
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Core commands: ``run``, ``validate``, ``list``, ``plugins``, ``schema``."""
+"""Core commands: ``run``, ``validate``, ``list``, ``plugins``, ``export``, ``schema``."""
 
 from __future__ import annotations
 

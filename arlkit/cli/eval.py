@@ -208,9 +208,10 @@ def add_viz_pca(viz_subparsers: argparse._SubParsersAction) -> argparse.Argument
                    help="a backbone (repeat): export, run directory, random, random:SEED, "
                             "timm:NAME[:WEIGHTS]")
     p.add_argument("--data", default="synthetic:cardiac_view",
-                   help="images to show: synthetic:TASK or a manifest/folder (test split)")
+                   help="images to show: synthetic:TASK (its test split) or a manifest/folder "
+                        "(its test rows when it names splits, else its rows in order)")
     p.add_argument("--n", type=int, default=4,
-                   help="number of images (rows); a manifest's test split may hold fewer")
+                   help="number of images (rows); a manifest may hold fewer")
     p.add_argument("--arch", default=None, help="architecture of --backbone random")
     p.add_argument("--image-size", type=int, default=None, help="default: the first backbone's size")
     p.add_argument("--alpha", type=float, default=0.6, help="opacity of the colours, in [0, 1]")

@@ -297,8 +297,11 @@ def _robustness(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, backbone: bool = True) -> None:
     if backbone:
-        p.add_argument("--backbone", required=True, help="exported .safetensors, run directory or 'random'")
-    p.add_argument("--arch", default=None, help="architecture of --backbone random (recipe or export)")
+        p.add_argument("--backbone", required=True,
+                       help="exported .safetensors, run directory, 'random', 'random:N' or "
+                            "'timm:NAME[:WEIGHTS]'")
+    p.add_argument("--arch", default=None,
+                   help="architecture of a random backbone (recipe or export)")
     p.add_argument("--image-size", type=int, default=None, help="square side (default: nominal)")
     p.add_argument("--seed", type=int, default=0)
 

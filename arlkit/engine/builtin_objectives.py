@@ -119,7 +119,7 @@ class SpeckleGANObjective(Objective):
         context: injected by the engine.
         start_step: the adversarial terms are zero before this step (warm-up).
         disc_loss: ``bce`` (non-saturating) or ``hinge``.
-        r1_gamma: weight of the R1 penalty on real patches (0 = off).
+        r1_gamma: ``γ`` of the R1 penalty ``γ/2 · E||∇D(x)||²`` on real patches (0 = off).
         disc_width: channels of the discriminator's first layer.
         spectral_norm: spectral normalisation in the discriminator.
         max_patches: masked patches per step shown to ``D`` (a random subset, for speed).

@@ -52,7 +52,8 @@ class Trainer:
         dist_info: process layout.
         logger: progress and metrics.
         order: ``order(epoch)`` → dataset indices of the epoch (the sampler).
-        views_dataset: the dataset with views applied (``ds[(index, epoch)]``).
+        views_dataset: the dataset with views applied, keyed by
+            ``(index, position, epoch[, repeat])`` (:class:`~arlkit.engine.data.ViewsDataset`).
     """
 
     def __init__(self, comps: Components, run_dir: str, device: torch.device,

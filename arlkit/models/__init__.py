@@ -2,7 +2,8 @@
 
 The main classes are importable from here (``from arlkit.models import AViT``); each is
 imported from its submodule on first access, so importing one model does not import the
-others.
+others (except A-ViT and its ACDT block, which ``import arlkit`` loads to register them
+with timm).
 """
 
 from __future__ import annotations

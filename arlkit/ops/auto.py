@@ -1,6 +1,7 @@
 """The ``auto`` deform op: the fastest implementation of the contract for each call.
 
-Recipes default to ``auto``: on a GPU it runs the fused Triton kernel (when Triton is
+The shipped recipes choose ``auto`` (a recipe without ``model.deform_op`` gets
+``reference``): on a GPU it runs the fused Triton kernel (when Triton is
 importable); on the CPU the fused Numba kernels (when Numba is installed — the ``cpu``
 extra — and the weights are depthwise, the ACDT default); everything else runs the
 pure-PyTorch reference. All have the same semantics (the operator contract of

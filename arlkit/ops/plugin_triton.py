@@ -1,6 +1,6 @@
 """Registers the fused deform ops ``triton`` and ``auto`` (built-in plugin).
 
-``auto`` (the recipes' default) uses the Triton kernel on CUDA when Triton is importable,
+``auto`` (what the shipped recipes choose) uses the Triton kernel on CUDA when Triton is importable,
 the Numba kernels on the CPU when Numba is installed, and the ``reference`` op otherwise;
 ``triton`` insists on the kernel.
 """
