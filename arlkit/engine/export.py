@@ -98,7 +98,14 @@ def load_backbone(path: str, map_location: str | torch.device = "cpu") -> nn.Mod
     """Rebuild an exported backbone and load its weights (strictly), in eval mode."""
     tensors, config, _ = read_export(path)
     model = build_backbone(config)
-    model.load_state_dict(tensors, strict=True)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:  # weights and recorded architecture disagree (an edited file)
+        detail = " ".join(str(exc).split("\n\t")[1:3]).strip() or str(exc)
+        raise ArlkitError(
+            f"{path}: its weights do not fit the architecture its metadata records ({detail}); "
+            "export the run again with `arlkit export`"
+        ) from None
     return model.to(map_location).eval()
 
 
