@@ -158,7 +158,8 @@ class FinetuneResult:
     Attributes:
         test_probs: ``(N_test, C)`` probabilities of the kept epoch.
         best_epoch: the kept epoch (by validation balanced accuracy).
-        val_scores: validation balanced accuracy per epoch.
+        val_scores: validation balanced accuracy per epoch (empty without a validation
+            split, when the last epoch is kept).
         steps: optimizer steps taken.
         test_labels: ``(N_test,)`` labels of the scored (readable) test images.
         bad_files: ``[{"split", "path", "reason"}]`` of the unreadable images left out.
@@ -249,19 +250,20 @@ def fit_best_epoch(
 
     Args:
         loss_of: the loss of a batch, or None to skip the batch (it costs no step).
-        score: validation score after an epoch (higher is better); None keeps the last
-            epoch.
+        score: validation score after an epoch (higher is better); None (no validation
+            split) keeps the last epoch and records no score.
         metric: the score's name in the log lines.
         train_mode: puts the model in training mode (default ``model.train()``).
         bad: records the unreadable training images (left out of their batches).
 
     Returns:
-        ``(best epoch, score of every epoch, optimizer steps taken)``.
+        ``(best epoch, score of every epoch (empty without ``score``), optimizer steps
+        taken)``.
 
     Raises:
         DataError: not one training image could be read.
     """
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    best: tuple[float, int, dict[str, torch.Tensor] | None] | None = None
     scores: list[float] = []
     step = 0
     for epoch in range(epochs):
@@ -286,17 +288,23 @@ def fit_best_epoch(
                 break
         if not readable and epoch == 0:
             raise (bad if bad is not None else BadFiles("train")).error("training")
-        value = score() if score is not None else float(epoch)
-        scores.append(value)
-        if best is None or value > best[0]:
-            best = (value, epoch, copy.deepcopy(model.state_dict()))
-        if log:
-            log(f"epoch {epoch + 1}/{epochs}: val {metric} {value:.4f}")
+        if score is None:  # no validation split: the last epoch is kept, nothing scored
+            best = (float("nan"), epoch, None)
+            if log:
+                log(f"epoch {epoch + 1}/{epochs}")
+        else:
+            value = score()
+            scores.append(value)
+            if best is None or value > best[0]:
+                best = (value, epoch, copy.deepcopy(model.state_dict()))
+            if log:
+                log(f"epoch {epoch + 1}/{epochs}: val {metric} {value:.4f}")
         if step >= total:
             break
     if best is None:
         raise ConfigError("fine-tuning ran no epoch: give at least one epoch or step")
-    model.load_state_dict(best[2])
+    if best[2] is not None:
+        model.load_state_dict(best[2])
     return best[1], scores, step
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlkit.errors import ConfigError
+from arlkit.data.dataset import NO_MASK
+from arlkit.errors import ConfigError, DataError
 from arlkit.eval.badfiles import BadFiles
 from arlkit.eval.finetune import (
     batches,
@@ -201,6 +202,11 @@ def train_segmentation(
 
     Returns:
         The :class:`SegmentationResult`.
+
+    Raises:
+        ConfigError: fewer than two training images.
+        DataError: no readable training image, or none with a labelled pixel (a batch
+            without one, of rows that have no mask, is skipped and costs no step).
     """
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -225,10 +231,14 @@ def train_segmentation(
     bad = {s: BadFiles(s) for s in ("train", "val", "test")}
 
     def loss_of(batch: dict[str, Any]) -> torch.Tensor | None:
+        mask = batch["mask"].to(device)
         if batch["image"].shape[0] < 2:  # BatchNorm
             return None
+        if not (mask != NO_MASK).any():
+            # no labelled pixel (rows without a mask): cross-entropy is 0 / 0 = NaN, and an
+            # AdamW step on zero gradients would still move the weights (momentum, decay)
+            return None
         logits = model(batch["image"].to(device), condition(model, batch, device))
-        mask = batch["mask"].to(device)
         # cross-entropy + Dice: small structures (the LV) are not drowned by background
         return loss_fn(logits, mask) + soft_dice_loss(logits, mask)
 
@@ -246,6 +256,11 @@ def train_segmentation(
         model, loader, opt, lr=lr, epochs=epochs, total=total, warmup=warmup, loss_of=loss_of,
         score=score if val_loader is not None else None, metric="Dice", train_mode=train_mode,
         log=log, bad=bad["train"])
+    if step == 0:
+        raise DataError(
+            "segmentation: no training batch held a labelled pixel: the training images have "
+            "no mask (manifest rows without a mask file are left unlabelled)"
+        )
     pred, target = predict_masks(model, batches(test, batch_size, False, seed, workers), device,
                                  bad["test"])
     return SegmentationResult(pred, target, best_epoch, scores, step,

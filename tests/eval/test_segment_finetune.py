@@ -128,3 +128,55 @@ def test_soft_dice_loss() -> None:
     wrong_there = perfect.clone()
     wrong_there[0, :, 3, 3] = torch.tensor([-50.0, 50.0])
     assert soft_dice_loss(wrong_there, ignored) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_without_a_validation_split_no_scores_are_invented() -> None:
+    # no validation split: the last epoch is kept and no "validation score" is recorded
+    # (the epoch index used to be stored as the score and reported as val accuracy / Dice)
+    from torch.utils.data import Subset
+
+    bb = tiny_backbone()
+    train, val, test = (_tiny_task("breast", n, s) for n, s in ((8, "train"), (2, "val"), (4, "test")))
+    res = finetune_classifier(bb, train, Subset(val, []), test, 2, epochs=3, batch_size=4, seed=0)
+    assert res.val_scores == [] and res.best_epoch == 2 and res.steps == 6
+
+
+class _Unlabelled(torch.utils.data.Dataset):
+    """Items of ``base`` whose mask is ``NO_MASK`` (-100) unless listed in ``labelled``;
+    records the order in which items are read."""
+
+    def __init__(self, base, labelled: set[int]) -> None:
+        self.base, self.labelled, self.read = base, labelled, []
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        self.read.append(i)
+        sample = dict(self.base[i])
+        if i not in self.labelled:
+            sample["mask"] = torch.full_like(sample["mask"], -100)
+        return sample
+
+
+def test_segmentation_takes_no_step_on_a_batch_without_labelled_pixels() -> None:
+    # A batch whose masks are all missing has a NaN cross-entropy (0 / 0): it must cost no
+    # optimizer step (AdamW would still move the weights with its momentum and decay).
+    bb = tiny_backbone()
+    base, val, test = (_tiny_task("cardiac_seg", n, s) for n, s in ((4, "train"), (2, "val"), (2, "test")))
+    train = _Unlabelled(base, {0, 1})
+    res = train_segmentation(bb, train, val, test, 2, epochs=4, batch_size=2, channels=8, seed=0)
+    pairs = [train.read[k : k + 2] for k in range(0, len(train.read), 2)]
+    expected = sum(1 for p in pairs if set(p) & {0, 1})
+    assert len(pairs) == 8 and expected < 8  # the seed gives some unlabelled batches
+    assert res.steps == expected
+
+
+def test_segmentation_without_any_training_mask_is_an_error() -> None:
+    from arlkit.errors import DataError
+
+    bb = tiny_backbone()
+    base, val, test = (_tiny_task("cardiac_seg", n, s) for n, s in ((4, "train"), (2, "val"), (2, "test")))
+    with pytest.raises(DataError, match="mask"):
+        train_segmentation(bb, _Unlabelled(base, set()), val, test, 2, steps=2, batch_size=2,
+                           channels=8, seed=0)
