@@ -109,7 +109,8 @@ class LabelledSubset(Dataset):
         indices: ``(M,)`` rows of ``dataset``.
         labels: ``(M,)`` label per row (e.g. the organ, for a folder tree of organs).
         mask_values: mask value → class, for masks whose values are not class indices
-            (binary masks saved as 0/255 images: ``{255: 1}``); other values pass unchanged.
+            (binary masks saved as 0/255 images: ``{255: 1}``; 255 as "ignore" beside class
+            indices: ``{255: NO_MASK}``); other values pass unchanged.
 
     Attributes:
         labels: the labels as a list (cheap access for stratification).
@@ -201,16 +202,23 @@ def _stat(path: str) -> dict[str, Any]:
     return {k: str(info[k]) for k in ("size", "mtime", "LastModified", "ETag") if k in info}
 
 
-def _mask_classes(dataset: Any, rows: np.ndarray) -> tuple[list[str], dict[int, int]]:
-    """The classes of the rows' mask files and the value map they need.
+def _mask_classes(dataset: Any, rows: np.ndarray) -> tuple[list[str], dict[int, int], str]:
+    """The classes of the rows' mask files, the value map they need, and a note about it.
 
     Mask values are class indices: ``["background", "1", ..., "K-1"]`` up to the largest
-    value. Masks that hold only 0 and 255 are binary masks saved as 8-bit images (the
-    common way to ship lesion masks), read as background and class 1 (``{255: 1}``),
-    instead of 256 classes of which 254 never occur.
+    value. Two conventions for the value 255 are recognised:
+
+    - masks that hold only 0 and 255 are binary masks saved as 8-bit images (the common way
+      to ship lesion masks): background and class 1 (``{255: 1}``);
+    - 255 beside other class indices is "ignore" (mmsegmentation's ``ignore_index``): those
+      pixels count in no loss and no metric (``{255: NO_MASK}``).
+
+    Either way the alternative would be 256 classes of which most never occur.
     """
     import fsspec
     from PIL import Image
+
+    from arlkit.data.dataset import NO_MASK
 
     m = dataset.manifest
     values: set[int] = set()
@@ -220,9 +228,17 @@ def _mask_classes(dataset: Any, rows: np.ndarray) -> tuple[list[str], dict[int, 
         with fsspec.open(m.mask[i], "rb", **m.storage_options) as handle, Image.open(handle) as im:
             values.update(int(v) for v in np.unique(np.asarray(im)))
     if 255 in values and values <= {0, 255}:
-        return ["background", "1"], {255: 1}
+        note = "the masks hold only the values 0 and 255, read as background and class 1 " \
+               "(binary masks saved as 8-bit images)"
+        return ["background", "1"], {255: 1}, note
+    mapping, note = {}, ""
+    if 255 in values:
+        values.discard(255)
+        mapping = {255: NO_MASK}
+        note = ("the value 255 in the masks is read as 'ignore' (mmsegmentation's convention): "
+                "those pixels count in no loss and no metric")
     top = max(values | {1})
-    return ["background", *(str(k) for k in range(1, top + 1))], {}
+    return ["background", *(str(k) for k in range(1, top + 1))], mapping, note
 
 
 def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool,
@@ -312,11 +328,10 @@ def _manifest(spec: str, image_size: int, taxonomy: Taxonomy, segmentation: bool
             f"--data {spec}: too few usable rows ({keep.size}) to split into train and test"
         )
     mask_values: dict[int, int] = {}
-    if segmentation:
-        classes, mask_values = _mask_classes(dataset, keep[idx["train"]])
-        if mask_values:
-            notes.append(f"--data {spec}: the masks hold only the values 0 and 255, read as "
-                         "background and class 1 (binary masks saved as 8-bit images)")
+    if segmentation:  # classes from the masks of every split: a test-only class still counts
+        classes, mask_values, note = _mask_classes(dataset, keep)
+        if note:
+            notes.append(f"--data {spec}: {note}")
     subsets = {s: LabelledSubset(dataset, keep[idx[s]], labels[keep[idx[s]]], mask_values)
                for s in idx}
     info = {"source": "manifest", "path": spec, "stat": _stat(spec), "split": method, "rows": len(dataset),

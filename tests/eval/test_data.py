@@ -173,7 +173,7 @@ def test_numbers_mixed_with_names_are_an_error(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize(("values", "classes", "seen"), [
     ((0, 255), ["background", "1"], {0, 1}),  # a binary mask saved as an 8-bit image
     ((0, 1, 2), ["background", "1", "2"], {0, 1, 2}),  # class indices, as they are
-    ((0, 255, 1), ["background", *(str(k) for k in range(1, 256))], {0, 1, 255}),
+    ((0, 255, 1), ["background", "1"], {0, 1, -100}),  # 255 beside classes: "ignore"
 ])
 def test_mask_values_become_classes(tmp_path: pathlib.Path, values, classes, seen) -> None:
     rows = []
@@ -187,5 +187,19 @@ def test_mask_values_become_classes(tmp_path: pathlib.Path, values, classes, see
     assert data.classes == classes
     binary = values == (0, 255)
     assert any("only the values 0 and 255" in note for note in data.notes) == binary
+    ignore = 255 in values and len(values) > 2
+    assert any("255 in the masks is read as 'ignore'" in n for n in data.notes) == ignore
     for split in (data.train, data.test):  # every split reads its masks the same way
         assert {int(v) for i in range(len(split)) for v in np.unique(split[i]["mask"])} == seen
+
+
+def test_a_class_only_the_test_masks_hold_still_counts(tmp_path: pathlib.Path) -> None:
+    rows = []
+    for i in range(12):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[10:20, 10:20] = 3 if i >= 8 else 1  # class 3 only in the test rows
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        rows.append({"path": f"im{i}.png", "organ": "breast", "mask": f"m{i}.png",
+                     "split": "test" if i >= 8 else "train"})
+    data = load_eval_data(_manifest(tmp_path, rows), 40, Taxonomy(), segmentation=True)
+    assert data.classes == ["background", "1", "2", "3"]  # not dropped from the metrics
