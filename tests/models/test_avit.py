@@ -344,19 +344,10 @@ def test_viz_offsets_writes_png(tmp_path) -> None:
         args.handler(args)
 
 
-def test_viz_offsets_reads_an_arlkit_export(tmp_path) -> None:
-    export = pytest.importorskip("arlkit.engine.export")
+def test_viz_offsets_reads_an_arlkit_export(tmp_path, heart_liver_export) -> None:
     from arlkit.cli import viz
 
-    config = {
-        "backbone": {"name": "avit", "params": {"size": "tiny", "depth": 1, "img_size": 32}},
-        "conditioner": {"name": "soft_embedding", "params": {}},
-        "deform_op": {"name": "reference", "params": {}},
-        "offset_net": {"name": "dwconv", "params": {}},
-        "taxonomy": ["heart", "liver"],
-    }
-    path = str(tmp_path / "backbone.safetensors")
-    export.export_backbone(export.build_backbone(config), config, path)
+    path, _ = heart_liver_export
     parser = argparse.ArgumentParser()
     viz.register(parser.add_subparsers())
     out = tmp_path / "o.png"

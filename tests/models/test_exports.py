@@ -24,23 +24,15 @@ def test_unknown_name_is_an_attribute_error():
         from arlkit.models import AVit  # noqa: F401
 
 
-def test_an_export_whose_weights_do_not_fit_its_metadata_is_named(tmp_path):
+def test_an_export_whose_weights_do_not_fit_its_metadata_is_named(tmp_path, heart_liver_export):
+    from safetensors.torch import save_file
+
     from arlkit.engine import export
     from arlkit.errors import ArlkitError
 
-    config = {
-        "backbone": {"name": "avit", "params": {"size": "tiny", "depth": 1, "img_size": 32}},
-        "conditioner": {"name": "soft_embedding", "params": {}},
-        "deform_op": {"name": "reference", "params": {}},
-        "offset_net": {"name": "dwconv", "params": {}},
-        "taxonomy": ["heart", "liver"],
-    }
-    path = str(tmp_path / "backbone.safetensors")
-    export.export_backbone(export.build_backbone(config), config, path)
+    path, _ = heart_liver_export
     assert export.load_backbone(path).taxonomy.organs == ("heart", "liver")
     # the metadata edited to name a third organ: the conditioner's table no longer fits
-    from safetensors.torch import save_file
-
     tensors, recorded, meta = export.read_export(path)
     edited = str(tmp_path / "edited.safetensors")
     save_file(tensors, edited, metadata={
