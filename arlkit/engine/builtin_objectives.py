@@ -142,6 +142,9 @@ class SpeckleGANObjective(Objective):
         super().__init__(context)
         from arlkit.models.discriminator import PatchDiscriminator
 
+        if not 0 < lr < float("inf"):  # else torch's Adam raises a bare ValueError
+            raise ConfigError(f"lr must be a positive number, got {lr}; the speckle_gan default "
+                              "is 1e-4")
         self.criterion = SpeckleGANLoss(start_step, disc_loss, r1_gamma)
         self.aux["discriminator"] = PatchDiscriminator(
             in_dim=context.in_chans, base_channels=disc_width, spectral_norm=spectral_norm

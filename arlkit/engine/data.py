@@ -60,13 +60,14 @@ class BatchPlan:
             )
         if per_rank % self.accum_steps:
             raise ConfigError(
-                f"the per-process batch {per_rank} is not divisible by "
-                f"optim.accum_steps={self.accum_steps}"
+                f"the per-process batch {per_rank} (data.batch_size={self.global_batch} over "
+                f"{self.world_size} process(es)) is not divisible by "
+                f"optim.accum_steps={self.accum_steps}; choose a divisor of {per_rank}"
             )
         if self.dataset_len < self.global_batch:
             raise ConfigError(
                 f"the dataset has {self.dataset_len} samples, fewer than one batch "
-                f"(data.batch_size={self.global_batch})"
+                f"(data.batch_size={self.global_batch}); lower data.batch_size or add images"
             )
 
     @property

@@ -111,7 +111,7 @@ def run_recipe(
     """
     from arlkit.cli.output import console
     from arlkit.engine import checkpoint as ckpt
-    from arlkit.engine.build import build_components
+    from arlkit.engine.build import _at, build_components
     from arlkit.engine.data import ViewsDataset, share_cores
     from arlkit.engine.distributed import cleanup, setup
     from arlkit.engine.export import export_backbone
@@ -135,10 +135,12 @@ def run_recipe(
         f"samples/epoch), {recipe.train.steps} steps of {recipe.data.batch_size} images on "
         f"{device} × {world}, run dir {run_dir}"
     )
-    if dry_run:
-        console().print(f"would train {plan_text}", markup=False)
-        return 0
+    from arlkit.engine.data import BatchPlan
 
+    with _at(source):  # the batch layout, before the run directory is touched
+        BatchPlan(recipe.data.batch_size, world, 0, recipe.optim.accum_steps, len(comps.dataset))
+
+    # --dry-run makes the checks below too: the run directory and --resume are read, not written
     resume_path = None
     if resume == "latest":
         resume_path = ckpt.find_latest(run_dir)
@@ -170,6 +172,9 @@ def run_recipe(
                                     fits=misfit is None)
         if misfit is not None:
             raise misfit
+    if dry_run:
+        console().print(f"would train {plan_text}", markup=False)
+        return 0
 
     with share_cores(device, recipe.data.num_workers):
         dist_info = setup(device)

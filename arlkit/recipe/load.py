@@ -239,6 +239,13 @@ def read_yaml(source: str) -> dict[str, Any]:
             text = handle.read()
     except FileNotFoundError:
         raise RecipeError(source, [RecipeIssue("", "file not found")]) from None
+    except IsADirectoryError:
+        raise RecipeError(source, [RecipeIssue("", "is a folder; pass a recipe YAML file, "
+                                                   "e.g. recipes/quickstart.yaml")]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(source, [RecipeIssue("", f"not a text file ({exc.reason} at byte "
+                                                   f"{exc.start}); pass a recipe YAML file, "
+                                                   "e.g. recipes/quickstart.yaml")]) from None
     except (OSError, ValueError) as exc:
         raise RecipeError(source, [RecipeIssue("", f"cannot read: {exc}")]) from None
     try:

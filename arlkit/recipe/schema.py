@@ -8,10 +8,18 @@ context only the structure is checked (used for ``arlkit schema``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from arlkit.taxonomy import DEFAULT_ORGANS, Taxonomy
 
@@ -158,26 +166,47 @@ class DataConfig(_Strict):
     )
 
 
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+#: keys earlier versions accepted → what replaces them
+_MOVED_OPTIM_KEYS = {
+    "disc_lr": "disc_lr is not an optim setting: the discriminator's learning rate is "
+               "objectives.speckle_gan.params.lr",
+}
+
+
 class OptimConfig(_Strict):
     lr: float = Field(1.5e-4, gt=0, description="peak learning rate per 256 images (scaled)")
     min_lr: float = Field(1e-6, ge=0, description="final learning rate of the cosine schedule")
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.04, ge=0)
     weight_decay_end: float = Field(0.4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[_Beta, _Beta] = Field((0.9, 0.95), description="AdamW's betas, each in [0, 1)")
     grad_clip: float | None = Field(3.0, gt=0, description="max gradient norm; null disables")
     grad_clip_mode: Literal["global", "per_parameter"] = Field(
         "global", description="bound the norm of all gradients together (DINOv2) or of each "
         "parameter's on its own (DINO, iBOT)")
     accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "disc_lr" in data:  # earlier versions accepted it and never read it
-            raise ValueError("disc_lr is not an optim setting: the discriminator's learning rate "
-                             "is objectives.speckle_gan.params.lr")
-        return data
+    def _moved_keys(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        moved = [k for k in _MOVED_OPTIM_KEYS if isinstance(data, dict) and k in data]
+        if not moved:
+            return handler(data)
+        # reported beside the section's other problems, not instead of them
+        errors: list[InitErrorDetails] = [
+            {"type": "value_error", "loc": (), "input": data[k],
+             "ctx": {"error": ValueError(_MOVED_OPTIM_KEYS[k])}}
+            for k in moved
+        ]
+        try:
+            handler({k: v for k, v in data.items() if k not in moved})
+        except pydantic.ValidationError as exc:
+            errors += [{"type": e["type"], "loc": e["loc"], "input": e["input"],
+                        **({"ctx": e["ctx"]} if "ctx" in e else {})}  # type: ignore[typeddict-item]
+                       for e in exc.errors(include_url=False)]
+        raise pydantic.ValidationError.from_exception_data(cls.__name__, errors)
 
 
 class TeacherConfig(_Strict):
@@ -218,6 +247,17 @@ class Recipe(_Strict):
     optim: OptimConfig = Field(default_factory=dict)  # type: ignore[arg-type]
     teacher: TeacherConfig = Field(default_factory=dict)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _accum_divides_batch(self) -> Recipe:
+        batch, accum = self.data.batch_size, self.optim.accum_steps
+        if batch % accum:
+            raise ValueError(
+                f"optim.accum_steps={accum} does not divide data.batch_size={batch}: each "
+                f"optimizer step splits the batch into {accum} equal micro-batches; choose a "
+                f"divisor of {batch} (or a batch size that is a multiple of {accum})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_objectives(self) -> Recipe:

@@ -488,3 +488,28 @@ def test_the_teacher_is_deterministic_and_follows_the_students_running_statistic
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(tensors[f"teacher.{key}{name}"], tensors[f"student.{key}{name}"],
                                    rtol=0, atol=0)
+
+
+def test_speckle_gan_lr_must_be_positive(toy):
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            "objectives[1].params (speckle_gan): lr must be a positive number, got -1.0")):
+        run_recipe(recipe, toy("quickstart.yaml") + ["objectives.speckle_gan.params.lr=-1"],
+                   dry_run=True)
+
+
+def test_dry_run_checks_the_run_directory_and_resume(toy, tmp_path):
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ArlkitError, match="--resume: no complete checkpoint in"):
+        run_recipe(recipe, toy("quickstart.yaml"), resume="latest", dry_run=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_layout_error_leaves_no_run_directory(toy, tmp_path):
+    recipe = str(RECIPES / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{recipe}: the dataset has 2 samples, fewer than one batch (data.batch_size=4); "
+            "lower data.batch_size")):
+        run_recipe(recipe, toy("quickstart.yaml") + ["data.dataset.params.length=2"],
+                   stream=io.StringIO())
+    assert not (tmp_path / "run").exists()

@@ -178,3 +178,40 @@ def test_fsspec_memory_recipe(regs):
     with fsspec.open("memory://recipes/m.yaml", "w") as handle:
         handle.write("objectives: [{name: mim}]\n")
     assert load_recipe("memory://recipes/m.yaml", registries=regs).name == "m"
+
+
+def test_disc_lr_is_reported_beside_the_other_optim_problems(tmp_path, regs):
+    path = write(tmp_path, {"objectives": [{"name": "mim"}],
+                            "optim": {"disc_lr": 1e-3, "betas": 0.9, "grad_clip_mode": "perparam"}})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registries=regs)
+    paths = [issue.path for issue in info.value.issues]
+    assert paths == ["optim", "optim.betas", "optim.grad_clip_mode"]
+
+
+def test_betas_must_lie_in_zero_one(tmp_path, regs):
+    # torch's AdamW raised a bare ValueError for these, after the run directory was created
+    path = write(tmp_path, {"objectives": [{"name": "mim"}], "optim": {"betas": [0.9, 2]}})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registries=regs)
+    [issue] = info.value.issues
+    assert issue.path == "optim.betas[1]" and "less than 1" in issue.message
+
+
+def test_accum_steps_must_divide_the_batch(tmp_path, regs):
+    path = write(tmp_path, {"objectives": [{"name": "mim"}]})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["data.batch_size=16", "optim.accum_steps=3"], registries=regs)
+    [issue] = info.value.issues
+    assert "optim.accum_steps=3 does not divide data.batch_size=16" in issue.message
+    assert "choose a divisor of 16" in issue.message
+    assert load_recipe(path, ["data.batch_size=16", "optim.accum_steps=4"], registries=regs)
+
+
+def test_a_recipe_that_is_a_folder_or_binary_says_so(tmp_path, regs):
+    with pytest.raises(RecipeError, match="is a folder; pass a recipe YAML file"):
+        load_recipe(str(tmp_path), registries=regs)
+    binary = tmp_path / "r.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(RecipeError, match=r"not a text file \(.*\); pass a recipe YAML file"):
+        load_recipe(str(binary), registries=regs)
