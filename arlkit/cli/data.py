@@ -129,6 +129,9 @@ def data_synth(args: argparse.Namespace) -> int:
         )
         stem = "synthetic"
     fs, root = fsspec.core.url_to_fs(args.out)
+    if fs.isfile(root):
+        raise ConfigError(f"data synth: --out {args.out} is a file; pass a folder (new or "
+                          "without a manifest.csv) for the images and manifest.csv")
     manifest = posixpath.join(root, "manifest.csv")
     if fs.exists(manifest):  # before any image: a second set would replace the first's rows
         raise ConfigError(
@@ -159,7 +162,7 @@ def data_synth(args: argparse.Namespace) -> int:
     writer.writerows(rows)
     with fs.open(manifest, "w") as f:
         f.write(text.getvalue())
-    console().print(f"wrote {len(rows)} images and manifest.csv to {args.out}")
+    console().print(f"wrote {len(rows)} images and manifest.csv to {args.out}", markup=False)
     return 0
 
 
@@ -177,6 +180,15 @@ def data_show(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"data show: need --n >= 1 and --size >= 32, got {args.n} and {args.size}"
         )
+    fs, path = fsspec.core.url_to_fs(args.out)
+    if fs.isdir(path):
+        raise ConfigError(f"data show: --out {args.out} is a folder; name the PNG to write, e.g. "
+                          f"{args.out.rstrip('/')}/grid.png")
+    if fs.isfile(path):  # an earlier sheet may be replaced, nothing else
+        with fs.open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise ConfigError(f"data show: --out {args.out} exists and is not a PNG, so it "
+                                  "is not written over; choose another --out")
     if args.task is not None:
         sheet = task_sheet(args.task, args.n, args.size, args.seed)
     else:
@@ -190,5 +202,5 @@ def data_show(args: argparse.Namespace) -> int:
     sheet.save(buf, format="PNG")
     with fsspec.open(args.out, "wb") as f:
         f.write(buf.getvalue())
-    console().print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
+    console().print(f"wrote {args.out} ({sheet.width}x{sheet.height})", markup=False)
     return 0

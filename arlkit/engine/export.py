@@ -18,7 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from arlkit.errors import ArlkitError
+from arlkit.errors import ArlkitError, ConfigError
 from arlkit.taxonomy import Taxonomy
 
 __all__ = ["export_from_run", "backbone_config", "build_backbone", "export_backbone", "load_backbone", "read_export"]
@@ -69,6 +69,29 @@ def export_backbone(
     with fsspec.open(path, "wb") as handle:
         handle.write(st_save(tensors, metadata=metadata))
     return path
+
+
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that export would destroy: a folder, or a file that is not an
+    earlier export (a checkpoint's ``model.safetensors``, a recipe, ...)."""
+    fs, path = fsspec.core.url_to_fs(out)
+    if not fs.exists(path):
+        return
+    if fs.isdir(path):
+        raise ConfigError(f"--out {out}: is a folder; name the file to write, e.g. "
+                          f"{out.rstrip('/')}/backbone.safetensors")
+    import struct
+
+    try:  # the header only: an export of a large backbone is not read whole
+        with fs.open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size)) if size < 100_000_000 else {}
+        ours = header.get("__metadata__", {}).get("format") == FORMAT
+    except (OSError, ValueError, struct.error, AttributeError):
+        ours = False
+    if not ours:
+        raise ConfigError(f"--out {out}: the file exists and is not an arlkit backbone export, "
+                          "so it is not written over; choose another --out or remove it")
 
 
 def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
@@ -125,9 +148,12 @@ def export_from_run(
     fs, root = fsspec.core.url_to_fs(run_dir)
     if not fs.isdir(root):
         raise ArlkitError(f"{run_dir}: no such run directory; pass the run_dir of an `arlkit run`")
+    _check_out(out)
     path = checkpoint or ckpt.find_latest(run_dir)
     if path is None:
-        raise ArlkitError(f"{run_dir}: no complete checkpoint under {run_dir}/checkpoints")
+        raise ArlkitError(f"{run_dir}: no complete checkpoint under {run_dir}/checkpoints (the "
+                          "run stopped before its first checkpoint, or is still writing it); "
+                          "train it further or pass another run directory")
     recipe_file = f"{run_dir.rstrip('/')}/recipe.resolved.yaml"
     try:
         with fsspec.open(recipe_file, "r") as handle:
@@ -143,7 +169,15 @@ def export_from_run(
         weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     config = backbone_config(recipe)
     model = build_backbone(config)
-    model.load_state_dict(weights, strict=True)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:  # e.g. --checkpoint of another run
+        first = str(exc).strip().splitlines()
+        raise ArlkitError(
+            f"{path}: the checkpoint's {which} backbone does not fit the model of {recipe_file} "
+            f"({first[1].strip() if len(first) > 1 else first[0]} ...); pass a checkpoint of "
+            f"{run_dir}, or the run directory the checkpoint belongs to"
+        ) from None
     step = int(state["step"])
     export_backbone(model, config, out, extra={"source": which, "step": str(step)})
     return out, which, step

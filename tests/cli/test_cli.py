@@ -228,3 +228,53 @@ def test_an_empty_recipe_says_the_file_is_empty(tmp_path, run, text):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{recipe}: the file is empty (or only comments)" in out.stderr
     assert "List should have at least 1 item" not in out.stderr
+
+
+def test_export_does_not_write_over_a_file_that_is_not_an_export(tmp_path, run):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\n")
+    out = run("export", str(run_dir), "--out", str(recipe))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--out {recipe}: the file exists and is not an arlkit backbone export" in out.stderr
+    assert recipe.read_text() == "name: mine\n"
+    out = run("export", str(run_dir), "--out", str(tmp_path))
+    assert out.returncode == 2 and f"--out {tmp_path}: is a folder" in out.stderr
+
+
+def test_export_of_a_checkpoint_of_another_architecture(tmp_path, run):
+    import torch
+
+    from arlkit.engine import checkpoint as ckpt
+    from arlkit.engine.build import build_components
+    from arlkit.recipe import dump_recipe, load_recipe
+
+    small = ["model.backbone.params.depth=1", "model.backbone.params.embed_dim=32",
+             "model.backbone.params.num_heads=2"]
+    recipe = load_recipe("recipes/quickstart.yaml", small)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.resolved.yaml").write_text(dump_recipe(recipe))
+    backbone = build_components(recipe).student.backbone
+    tensors = {f"teacher.backbone.{k}": torch.zeros(v.shape[0] + 1, *v.shape[1:])
+               for k, v in backbone.state_dict().items() if v.dim()}
+    other = ckpt.write_checkpoint(str(tmp_path / "other"), 3, tensors, {"step": 3})
+    out = run("export", str(run_dir), "--out", str(tmp_path / "b.safetensors"),
+              "--checkpoint", other)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{other}: the checkpoint's teacher backbone does not fit the model of" in out.stderr
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_data_show_and_synth_do_not_write_over_a_file(tmp_path, run):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\n")
+    out = run("data", "show", "--n", "1", "--size", "32", "--out", str(recipe))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--out {recipe} exists and is not a PNG" in out.stderr
+    out = run("data", "synth", "--n", "1", "--size", "32", "--out", str(recipe))
+    assert out.returncode == 2 and f"--out {recipe} is a file; pass a folder" in out.stderr
+    assert recipe.read_text() == "name: mine\n"
+    out = run("data", "show", "--n", "1", "--size", "32", "--out", str(tmp_path / "[a].png"))
+    assert out.returncode == 0 and f"wrote {tmp_path / '[a].png'}" in out.stdout
