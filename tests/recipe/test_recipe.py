@@ -215,3 +215,12 @@ def test_a_recipe_that_is_a_folder_or_binary_says_so(tmp_path, regs):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     with pytest.raises(RecipeError, match=r"not a text file \(.*\); pass a recipe YAML file"):
         load_recipe(str(binary), registries=regs)
+
+
+def test_settings_must_be_finite(tmp_path, regs):
+    path = write(tmp_path, {"objectives": [{"name": "mim"}],
+                            "optim": {"lr": float("inf"), "weight_decay": float("nan")}})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registries=regs)
+    assert {(i.path, "finite number" in i.message) for i in info.value.issues} == {
+        ("optim.lr", True), ("optim.weight_decay", True)}
