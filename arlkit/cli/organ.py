@@ -144,7 +144,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from arlkit.cli.output import console
     from arlkit.organ.auto import AutoOrganBackbone
-    from arlkit.organ.classifier import load_head
+    from arlkit.organ.classifier import load_head, readable
 
     model, _ = _backbone(args)
     auto = AutoOrganBackbone(model, load_head(args.head, model.taxonomy))
@@ -160,10 +160,7 @@ def _predict(args: argparse.Namespace) -> int:
         out = csv.writer(handle)
         out.writerow(["id", "organ", "confidence", "second", "second_confidence", "given", "status"])
         for start in range(0, len(ds), 64):
-            samples = [ds[i] for i in range(start, min(start + 64, len(ds)))]
-            bad += [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
-                    for s in samples if not s.get("valid", True)]
-            samples = [s for s in samples if s.get("valid", True)]
+            samples = readable([ds[i] for i in range(start, min(start + 64, len(ds)))], bad)
             if not samples:
                 continue
             written += len(samples)
@@ -252,7 +249,7 @@ def _robustness(args: argparse.Namespace) -> int:
     from arlkit.errors import ConfigError
     from arlkit.eval.data import load_eval_data
     from arlkit.organ.auto import AutoOrganBackbone
-    from arlkit.organ.classifier import load_head
+    from arlkit.organ.classifier import load_head, readable
     from arlkit.organ.robustness import robustness_row
 
     heads = args.head or []
@@ -266,10 +263,7 @@ def _robustness(args: argparse.Namespace) -> int:
                               n_val=1, n_test=args.n_test, data_seed=args.seed, seed=args.seed)
         sets, bad = [], []
         for name, split in (("train", data.train), ("test", data.test)):
-            samples = [split[j] for j in range(len(split))]
-            bad += [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
-                    for s in samples if not s.get("valid", True)]
-            samples = [s for s in samples if s.get("valid", True)]
+            samples = readable([split[j] for j in range(len(split))], bad)
             if not samples:
                 from arlkit.errors import DataError
 

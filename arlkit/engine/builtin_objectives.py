@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from arlkit.engine.objectives import Objective, ObjectiveContext
+from arlkit.engine.optim import load_optimizer_state
 from arlkit.engine.step import Step
 from arlkit.errors import ConfigError
 from arlkit.losses import (
@@ -227,13 +228,8 @@ class SpeckleGANObjective(Objective):
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_aux_state_dict(self, state: dict[str, Any]) -> None:
-        # moments and step counts from the checkpoint; lr and betas from this recipe (a run
-        # continued in a new directory may change objectives.speckle_gan.params.lr)
-        settings = [{k: v for k, v in g.items() if k != "params"}
-                    for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(own)
+        # a run continued in a new directory may change objectives.speckle_gan.params.lr
+        load_optimizer_state(self.optimizer, state["optimizer"])
 
 
 class _DistillationObjective(Objective):

@@ -80,23 +80,37 @@ def _check_out(out: str) -> None:
     if fs.isdir(path):
         raise ConfigError(f"--out {out}: is a folder; name the file to write, e.g. "
                           f"{out.rstrip('/')}/backbone.safetensors")
-    import struct
-
     try:  # the header only: an export of a large backbone is not read whole
         with fs.open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size)) if size < 100_000_000 else {}
-        ours = header.get("__metadata__", {}).get("format") == FORMAT
-    except (OSError, ValueError, struct.error, AttributeError):
+            ours = _metadata(handle.read).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
         raise ConfigError(f"--out {out}: the file exists and is not an arlkit backbone export, "
                           "so it is not written over; choose another --out or remove it")
 
 
+def _metadata(read: Any) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file from its first bytes (``read(n)``: the
+    file's ``read``): an 8-byte little-endian header length, then the JSON header.
+
+    Raises:
+        ValueError: not a safetensors header.
+    """
+    import struct
+
+    try:
+        (size,) = struct.unpack("<Q", read(8))
+    except struct.error as exc:
+        raise ValueError(f"no safetensors header ({exc})") from None
+    if size > 100_000_000:
+        raise ValueError(f"a header of {size} bytes is not a safetensors header")
+    return json.loads(read(size)).get("__metadata__", {})
+
+
 def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
     """Tensors, backbone configuration and raw metadata of an exported file."""
-    import struct
+    import io
 
     try:
         with fsspec.open(path, "rb") as handle:
@@ -104,8 +118,7 @@ def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dic
     except FileNotFoundError:
         raise ArlkitError(f"{path}: no such exported backbone") from None
     try:
-        (size,) = struct.unpack("<Q", raw[:8])
-        metadata = json.loads(raw[8 : 8 + size]).get("__metadata__", {})
+        metadata = _metadata(io.BytesIO(raw).read)
         tensors = st_load(raw)
     except Exception as exc:  # any parse failure of a foreign file
         raise ArlkitError(f"{path}: not a safetensors file ({exc})") from None

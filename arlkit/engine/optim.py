@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["clip_gradients", "param_groups"]
+__all__ = ["clip_gradients", "load_optimizer_state", "param_groups"]
 
 # learned tokens and tables held as bare parameters, matched on the parameter's own name: a
 # layer merely *called* ``embed`` (the MIM decoder's input Linear) is a projection and decays,
@@ -77,3 +78,16 @@ def clip_gradients(
                   for n, g in zip(norms, grads, strict=True)]
         torch._foreach_mul_(grads, scales)
     return total
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state but keep this optimizer's hyperparameters.
+
+    The moments and step counts come from ``state``; each group's settings (betas, lr, ...)
+    stay those the optimizer was built with from the recipe, which a run continued in a new
+    directory may have changed (``load_state_dict`` alone would bring back the old ones).
+    """
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)

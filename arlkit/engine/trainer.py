@@ -17,7 +17,7 @@ from arlkit.engine.build import Components
 from arlkit.engine.data import BatchPlan, StepBatchSampler, make_loader, seed_for
 from arlkit.engine.distributed import DistInfo
 from arlkit.engine.logger import RunLogger
-from arlkit.engine.optim import clip_gradients, param_groups
+from arlkit.engine.optim import clip_gradients, load_optimizer_state, param_groups
 from arlkit.engine.schedules import cosine
 from arlkit.engine.step import Step
 from arlkit.errors import ArlkitError
@@ -144,14 +144,8 @@ class Trainer:
         for obj in self.c.objectives:
             obj.load_state_dict(groups.get(f"aux.{obj.name}", {}))
             obj.load_aux_state_dict(state["objectives"].get(obj.name, {}))
-        # the moments and step counts come from the checkpoint, the hyperparameters from this
-        # recipe (a run continued in a new directory may change optim.betas); lr and weight
-        # decay are set from the schedules every step
-        recipe_groups = [{k: v for k, v in g.items() if k != "params"}
-                         for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, settings in zip(self.optimizer.param_groups, recipe_groups, strict=True):
-            group.update(settings)
+        # lr and weight decay are set from the schedules every step; betas are the recipe's
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if hasattr(self.c.balancer, "load_state_dict"):
             self.c.balancer.load_state_dict(state["balancer"])
         ckpt.restore_rng(state["rng"])
@@ -277,8 +271,8 @@ class Trainer:
             logs["loss"] = logs.get("loss", 0.0) + float(total.detach()) / accum
             for key, value in weights.items():
                 logs[f"w_{key}"] = float(value)
-        for obj in self.c.objectives:
-            if step is not None:
+        if step is not None:
+            for obj in self.c.objectives:
                 obj.after_backward(step, self.student)
         optim = self.recipe.optim
         norm = clip_gradients(self.student.parameters(), optim.grad_clip,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "FeatureSet",
     "cached_features",
     "collate_samples",
+    "eval_mode",
     "extract_features",
     "pool_blocks",
     "pool_tokens",
@@ -197,6 +200,18 @@ def _last_block_tokens(backbone: nn.Module, images: torch.Tensor, organ: Any, n:
     return [norm(t) for t in captured]
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode (no drop path, dropout or conditioning dropout), then
+    restore its own mode: features must not depend on train-time noise."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -235,29 +250,28 @@ def extract_features(
     if n_last_blocks < 1:
         raise ConfigError(f"n_last_blocks must be >= 1, got {n_last_blocks}")
     device = torch.device(device)
-    was_training = backbone.training
-    backbone.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_samples)
-    feats, labels, organs = [], [], []
-    prefix = int(getattr(backbone, "num_prefix_tokens", 1))
-    keys = condition_keys(backbone)
-    bad = BadFiles(split)
-    for batch in loader:
-        bad.add(batch)
-        if "image" not in batch:
-            continue
-        organ = batch_condition(batch, keys, device) if use_organ else None
-        images = batch["image"].to(device)
-        if n_last_blocks == 1:
-            tokens = backbone.forward_features(images, organ)  # (B, 1+N, C)
-            feats.append(pool_tokens(tokens, prefix, pool).float().cpu())
-        else:
-            outs = _last_block_tokens(backbone, images, organ, n_last_blocks)
-            feats.append(pool_blocks(outs, prefix, pool).float().cpu())
-        labels.append(batch["label"])
-        organs.append(batch["organ"])
-    backbone.train(was_training)
+    backbone.to(device)
+    with eval_mode(backbone):  # features of the model as it will be used
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate_samples)
+        feats, labels, organs = [], [], []
+        prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+        keys = condition_keys(backbone)
+        bad = BadFiles(split)
+        for batch in loader:
+            bad.add(batch)
+            if "image" not in batch:
+                continue
+            organ = batch_condition(batch, keys, device) if use_organ else None
+            images = batch["image"].to(device)
+            if n_last_blocks == 1:
+                tokens = backbone.forward_features(images, organ)  # (B, 1+N, C)
+                feats.append(pool_tokens(tokens, prefix, pool).float().cpu())
+            else:
+                outs = _last_block_tokens(backbone, images, organ, n_last_blocks)
+                feats.append(pool_blocks(outs, prefix, pool).float().cpu())
+            labels.append(batch["label"])
+            organs.append(batch["organ"])
     if not feats:
         raise bad.error()
     return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(organs), bad.files())

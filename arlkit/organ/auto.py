@@ -18,7 +18,8 @@ from torch import nn
 
 from arlkit.conditioners.base import OrganBatch
 from arlkit.errors import ConfigError
-from arlkit.organ.classifier import OrganClassifier, eval_mode
+from arlkit.eval.features import eval_mode
+from arlkit.organ.classifier import OrganClassifier
 
 __all__ = ["AUTO", "AutoOrganBackbone"]
 

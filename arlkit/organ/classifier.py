@@ -9,8 +9,7 @@ features are computed once and a softmax regression is fitted on them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlkit.errors import ArlkitError, DataError
+from arlkit.eval.features import eval_mode
 from arlkit.taxonomy import Taxonomy
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "head_from_run",
     "load_head",
     "organ_features",
+    "readable",
     "save_head",
     "stack_samples",
     "train_organ_classifier",
@@ -59,18 +60,6 @@ class OrganClassifier(nn.Module):
         return self(features).float().softmax(-1)
 
 
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode (no drop path, dropout or conditioning dropout), then
-    restore its own mode: features for recognition must not depend on train-time noise."""
-    was = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was)
-
-
 @torch.no_grad()
 def organ_features(
     backbone: nn.Module, images: torch.Tensor, batch_size: int = 64
@@ -92,6 +81,13 @@ def organ_features(
     return torch.cat(out) if out else images.new_zeros(0, backbone.embed_dim)
 
 
+def readable(samples: list[dict[str, Any]], bad_files: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The readable samples; the ``(id, reason)`` of the others is appended to ``bad_files``."""
+    bad_files.extend((str(s.get("id", "?")), str(s.get("error", "unreadable")))
+                     for s in samples if not s.get("valid", True))
+    return [s for s in samples if s.get("valid", True)]
+
+
 def stack_samples(
     dataset: Any, indices: Sequence[int] | None = None, where: str = "data",
     bad_files: list[tuple[str, str]] | None = None, groups: list[str] | None = None,
@@ -109,11 +105,10 @@ def stack_samples(
     if not rows:
         raise DataError(f"{where}: no images (empty manifest or selection); add labelled rows")
     samples = [dataset[int(i)] for i in rows]
-    bad = [(str(s.get("id", "?")), str(s.get("error", "unreadable")))
-           for s in samples if not s.get("valid", True)]
+    bad: list[tuple[str, str]] = []
+    samples = readable(samples, bad)
     if bad_files is not None:
         bad_files.extend(bad)
-    samples = [s for s in samples if s.get("valid", True)]
     if groups is not None:
         groups.extend(str(s.get("patient_id") or "") for s in samples)
     if not samples:
