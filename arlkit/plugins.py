@@ -9,7 +9,9 @@ explicit :func:`load`) loads everything once.
 
 Environment:
     ARLKIT_DISABLE_PLUGINS: comma-separated plugin (entry-point) or distribution names
-        not to load; ``all`` blocks every external plugin. Built-ins always load.
+        not to load; ``all`` blocks every external plugin. Built-ins always load. A name
+        that matches no installed plugin is a :class:`PluginWarning` (a misspelt entry
+        would otherwise leave its plugin loaded unnoticed).
     ARLKIT_TRACE_PLUGINS: when set to ``1``, every registration hook call is written to
         stderr (plugin, hook, the names it added).
 
@@ -159,9 +161,11 @@ class PluginHost:
 
     def _load_entry_points(self) -> None:
         disabled = self.disabled_names()
+        installed: set[str] = set()
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"
+            installed |= {ep.name, dist}
             if "all" in disabled or ep.name in disabled or dist in disabled:
                 self.plugins[ep.name] = PluginInfo(
                     ep.name, dist, version, "entry point", disabled=True
@@ -176,6 +180,20 @@ class PluginHost:
                 )
                 continue
             self._add(obj, ep.name, dist, version, "entry point")
+        self._warn_unknown_disabled(disabled - {"all"} - installed, installed)
+
+    def _warn_unknown_disabled(self, unknown: set[str], installed: set[str]) -> None:
+        """A misspelt ``ARLKIT_DISABLE_PLUGINS`` entry would leave its plugin loaded unnoticed."""
+        for name in sorted(unknown):
+            if name in self.builtins:
+                why = "it is built in, and built-ins always load"
+            else:
+                hint = closest(name, sorted(installed))
+                why = (f"no installed plugin or distribution has that name"
+                       f"{f' (did you mean {hint!r}?)' if hint else ''}; "
+                       "`arlkit plugins` lists them")
+            warnings.warn(f"arlkit: ARLKIT_DISABLE_PLUGINS names {name!r}, but {why}",
+                          PluginWarning, stacklevel=4)
 
     def register(self, plugin: Any, name: str, dist: str = "(direct)") -> PluginInfo:
         """Register a plugin object or module directly (tests, notebooks).

@@ -100,6 +100,23 @@ def test_disable_environment_variable_parsing():
     assert host.disabled_names() == {"a", "b", "c"}
 
 
+def test_a_disable_entry_that_names_no_plugin_is_a_warning():
+    # the probe plugin (plugins/arlkit-probe) is installed beside arlkit
+    host = PluginHost(Registries(), builtins=(),
+                      environ={"ARLKIT_DISABLE_PLUGINS": "prob,arlkit.losses.plugin,probe"})
+    host.builtins = ("arlkit.losses.plugin",)  # named, so that disabling it is explained
+    with pytest.warns(PluginWarning) as caught:
+        host._load_entry_points()
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        "arlkit: ARLKIT_DISABLE_PLUGINS names 'arlkit.losses.plugin', but it is built in, "
+        "and built-ins always load",
+        "arlkit: ARLKIT_DISABLE_PLUGINS names 'prob', but no installed plugin or distribution "
+        "has that name (did you mean 'probe'?); `arlkit plugins` lists them",
+    ]
+    assert host.plugins["probe"].disabled  # the correct name still works
+
+
 def test_import_arlkit_loads_no_plugin():
     code = (
         "import sys, arlkit, arlkit.registry, arlkit.recipe\n"
