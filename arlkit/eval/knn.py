@@ -2,7 +2,9 @@
 
 Features are L2-normalised; each test example takes its ``k`` most cosine-similar training
 examples and votes for their classes with weights ``exp(similarity / T)``. The normalised
-votes are the class probabilities (so AUROC is defined as for the linear probe).
+votes are the class probabilities (so AUROC is defined as for the linear probe); the
+weights are computed relative to the nearest neighbour's, which leaves these probabilities
+unchanged and keeps them finite at any temperature.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def knn_classify(
     out = []
     for start in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[start : start + chunk].float(), dim=1)  # (m, D)
-        sim, idx = (q @ bank.T).topk(k, dim=1)  # (m, k)
-        weights = (sim / temperature).exp()  # (m, k)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (m, k), sorted: sim[:, 0] is the largest
+        # exp((s - s_max) / T): the same normalised votes as exp(s / T), which overflows
+        # float32 once 1 / T > 88 (T < 0.0113) and would turn the probabilities into NaN
+        weights = ((sim - sim[:, :1]) / temperature).exp()  # (m, k)
         votes = (weights[..., None] * onehot[idx]).sum(1)  # (m, k, C) -> (m, C)
         out.append(votes / votes.sum(1, keepdim=True))
     return torch.cat(out) if out else torch.zeros(0, num_classes)

@@ -71,6 +71,23 @@ def test_knn_by_hand() -> None:
     assert probs[1].tolist() == pytest.approx([float(w0 / (w0 + w1)), float(w1 / (w0 + w1))], rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.07, 0.01, 0.005])
+def test_knn_equals_dino_votes_at_low_temperatures(temperature: float) -> None:
+    """DINO's weights exp(cos / T), normalised, in float64; queries include exact copies of
+    training rows (cos = 1), where exp(1 / T) overflows float32 below T = 0.0113."""
+    g = torch.Generator().manual_seed(0)
+    train, labels = torch.randn(30, 6, generator=g), torch.arange(30) % 3
+    test = torch.cat([train[:4], torch.randn(4, 6, generator=g)])
+    probs = knn_classify(train, labels, test, 3, k=5, temperature=temperature)
+    q = torch.nn.functional.normalize(test.double(), dim=1)
+    sim, idx = (q @ torch.nn.functional.normalize(train.double(), dim=1).T).topk(5, dim=1)
+    votes = ((sim / temperature).exp()[..., None]
+             * torch.nn.functional.one_hot(labels[idx], 3).double()).sum(1)
+    ref = votes / votes.sum(1, keepdim=True)
+    assert torch.isfinite(probs).all()
+    assert torch.allclose(probs.double(), ref, atol=1e-5)
+
+
 def test_knn_caps_k_and_checks_arguments() -> None:
     train = torch.randn(3, 4)
     probs = knn_classify(train, torch.tensor([0, 1, 1]), torch.randn(5, 4), 2, k=20)
