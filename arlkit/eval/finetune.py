@@ -157,7 +157,7 @@ class FinetuneResult:
 
     Attributes:
         test_probs: ``(N_test, C)`` probabilities of the kept epoch.
-        best_epoch: the kept epoch (by validation balanced accuracy).
+        best_epoch: the kept epoch (by validation balanced accuracy), counted from 1.
         val_scores: validation balanced accuracy per epoch (empty without a validation
             split, when the last epoch is kept).
         steps: optimizer steps taken.
@@ -257,7 +257,7 @@ def fit_best_epoch(
         bad: records the unreadable training images (left out of their batches).
 
     Returns:
-        ``(best epoch, score of every epoch (empty without ``score``), optimizer steps
+        ``(best epoch, counted from 1 as in the log lines, score of every epoch (empty without ``score``), optimizer steps
         taken)``.
 
     Raises:
@@ -289,14 +289,14 @@ def fit_best_epoch(
         if not readable and epoch == 0:
             raise (bad if bad is not None else BadFiles("train")).error("training")
         if score is None:  # no validation split: the last epoch is kept, nothing scored
-            best = (float("nan"), epoch, None)
+            best = (float("nan"), epoch + 1, None)
             if log:
                 log(f"epoch {epoch + 1}/{epochs}")
         else:
             value = score()
             scores.append(value)
             if best is None or value > best[0]:
-                best = (value, epoch, copy.deepcopy(model.state_dict()))
+                best = (value, epoch + 1, copy.deepcopy(model.state_dict()))
             if log:
                 log(f"epoch {epoch + 1}/{epochs}: val {metric} {value:.4f}")
         if step >= total:

@@ -126,7 +126,7 @@ class SegmentationResult:
     Attributes:
         pred: ``(N, H, W)`` int64 test predictions of the kept epoch.
         target: ``(N, H, W)`` int64 test masks.
-        best_epoch: the kept epoch (by validation Dice).
+        best_epoch: the kept epoch (by validation Dice), counted from 1.
         val_scores: validation Dice per epoch.
         steps: optimizer steps taken.
         bad_files: ``[{"split", "path", "reason"}]`` of the unreadable images left out.

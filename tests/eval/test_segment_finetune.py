@@ -138,7 +138,11 @@ def test_without_a_validation_split_no_scores_are_invented() -> None:
     bb = tiny_backbone()
     train, val, test = (_tiny_task("breast", n, s) for n, s in ((8, "train"), (2, "val"), (4, "test")))
     res = finetune_classifier(bb, train, Subset(val, []), test, 2, epochs=3, batch_size=4, seed=0)
-    assert res.val_scores == [] and res.best_epoch == 2 and res.steps == 6
+    # epochs count from 1, as in the log lines ("epoch 3/3"): the last of 3 is epoch 3
+    assert res.val_scores == [] and res.best_epoch == 3 and res.steps == 6
+    res = finetune_classifier(bb, train, val, test, 2, epochs=3, batch_size=4, seed=0)
+    assert len(res.val_scores) == 3
+    assert res.best_epoch == 1 + res.val_scores.index(max(res.val_scores))  # first best
 
 
 class _Unlabelled(torch.utils.data.Dataset):
