@@ -124,7 +124,7 @@ class MaskGenerator:
             # many tiny rectangle draws (much cheaper than torch ops per rectangle)
             seeds = torch.randint(0, 2**31 - 1, (batch_size,), generator=generator).tolist()
             rows = [self._block_mask(np.random.default_rng(s)) for s in seeds]
-            mask = torch.from_numpy(np.stack(rows)).reshape(batch_size, self.num_patches)
+            mask = torch.from_numpy(np.array(rows, dtype=bool)).reshape(batch_size, self.num_patches)
         return mask if device is None else mask.to(device)
 
     def _block_mask(self, rng: np.random.Generator) -> np.ndarray:

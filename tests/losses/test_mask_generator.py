@@ -71,3 +71,10 @@ def test_bad_options_raise() -> None:
         MaskGenerator((4, 4), 0.5, "grid")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="grid"):
         MaskGenerator((0, 4), 0.5)
+
+
+@pytest.mark.parametrize("mode", ["random", "block"])
+def test_zero_rows_give_an_empty_mask(mode: str) -> None:
+    gen = MaskGenerator((4, 4), 0.5, mode)  # type: ignore[arg-type]
+    mask = gen(0, generator=torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and mask.shape == (0, 16)
