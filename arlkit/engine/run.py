@@ -160,7 +160,7 @@ def run_recipe(
             f"{run_dir} already holds checkpoints of an earlier run; continue it with "
             f"'{resume_command(run_dir)}', or start anew with run_dir=<another directory>"
         )
-    notes: list[str] = []
+    notes = schedule_notes(recipe)
     if resume_path:  # all before the run directory is touched
         misfit = None
         try:
@@ -168,11 +168,13 @@ def run_recipe(
         except ConfigError as exc:
             misfit = exc
         # the recipe's differences first: they say why the weights do not fit
-        notes = check_resume_recipe(run_dir, recipe, resume_path, source, overrides,
-                                    fits=misfit is None)
+        notes += check_resume_recipe(run_dir, recipe, resume_path, source, overrides,
+                                     fits=misfit is None)
         if misfit is not None:
             raise misfit
     if dry_run:
+        for note in notes:
+            console().print(note, markup=False)
         console().print(f"would train {plan_text}", markup=False)
         return 0
 
@@ -248,6 +250,25 @@ def run_recipe(
             return 130 if result.interrupted else 0
         finally:
             cleanup(dist_info)
+
+
+def schedule_notes(recipe: Any) -> list[str]:
+    """What a run should be told about its schedules before it starts.
+
+    A warm-up as long as the run (``optim.warmup_steps >= train.steps``, e.g. a shipped
+    recipe shortened with ``train.steps=``) is shortened to ``steps - 1``
+    (:func:`arlkit.engine.schedules.cosine`): the learning rate then ends at its peak and
+    never decays. That is fine for a smoke run and a surprise otherwise, so it is said.
+    """
+    warmup, steps = recipe.optim.warmup_steps, recipe.train.steps
+    if steps <= 1 or warmup < steps:
+        return []
+    return [
+        f"note: optim.warmup_steps={warmup} is not below train.steps={steps}: the learning "
+        f"rate warms up over all {steps - 1} steps and ends at its peak, with no cosine decay; "
+        f"for a full schedule set optim.warmup_steps below {steps} "
+        f"(e.g. optim.warmup_steps={max(1, steps // 10)})"
+    ]
 
 
 def _bad_file_log(dataset: Any, run_dir: str, enabled: bool) -> Any:

@@ -206,6 +206,20 @@ def test_plan_names_the_deform_implementation_auto_runs(toy, capsys):
     assert "deform op auto → reference" in capsys.readouterr().out
 
 
+def test_a_warmup_as_long_as_the_run_is_said(toy, capsys):
+    # quickstart warms up over 20 steps; shortened to 10 it would end at its peak rate
+    recipe = str(RECIPES / "quickstart.yaml")
+    assert run_recipe(recipe, toy("quickstart.yaml", steps=10), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert ("note: optim.warmup_steps=20 is not below train.steps=10: the learning rate warms "
+            "up over all 9 steps and ends at its peak") in out
+    assert "optim.warmup_steps=1)" in out  # the suggestion: a tenth of the run
+    from arlkit.engine.schedules import cosine
+    assert cosine(9, 10, 1.0, 0.0, warmup=20) == 1.0  # what the note describes
+    assert run_recipe(recipe, toy("quickstart.yaml", steps=21), dry_run=True) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_values_only_a_component_checks_name_the_recipe_path(toy, tmp_path):
     recipe = str(RECIPES / "quickstart.yaml")
     with pytest.raises(ConfigError) as info:
