@@ -53,6 +53,9 @@ class MIMObjective(Objective):
             MAE do; ``clean`` reconstructs the same crop before intensity augmentation
             (needs ``data.views.params.clean_global: true``), so the features need not
             carry the view's gain and contrast to predict masked grey levels.
+        min_block_patches: smallest block of ``block`` masking, in patches. 4 is the
+            default of BEiT's and DINOv2's generators; BEiT's pretraining scripts pass 16
+            (on a 14×14 grid), which gives fewer, larger masked regions.
     """
 
     def __init__(
@@ -66,9 +69,11 @@ class MIMObjective(Objective):
         decoder_dim: int = 256,
         decoder_heads: int = 8,
         target: Literal["view", "clean"] = "view",
+        min_block_patches: int = 4,
     ) -> None:
         super().__init__(context)
-        self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode)
+        self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode,
+                                       min_block_patches=min_block_patches)
         if target == "clean" and not context.clean_global:
             raise ConfigError(
                 "target: clean reconstructs the un-augmented crops, which these views do not "
@@ -359,6 +364,7 @@ class PatchDistillationObjective(_DistillationObjective):
         mask_mode: ``block`` (iBOT) or ``random``.
         mask_probability: share of the global views that are masked at all (iBOT: 0.5);
             unmasked views still feed the class-token loss.
+        min_block_patches: smallest block of ``block`` masking, in patches (as for ``mim``).
     """
 
     def __init__(
@@ -378,6 +384,7 @@ class PatchDistillationObjective(_DistillationObjective):
         mask_ratio: float = 0.3,
         mask_mode: Literal["random", "block"] = "block",
         mask_probability: float = 0.5,
+        min_block_patches: int = 4,
     ) -> None:
         super().__init__(context, out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer,
                          freeze_last_layer_steps)
@@ -390,7 +397,8 @@ class PatchDistillationObjective(_DistillationObjective):
             raise ConfigError(
                 f"patch_distillation: mask_probability must be in (0, 1], got {mask_probability}"
             )
-        self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode)
+        self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode,
+                                       min_block_patches=min_block_patches)
         self.mask_probability = mask_probability
         self._own_mask = "mim" not in context.objectives
         self.aux["criterion"] = PatchDistillationLoss(

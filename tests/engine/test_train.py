@@ -220,6 +220,23 @@ def test_a_warmup_as_long_as_the_run_is_said(toy, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_min_block_patches_reaches_both_mask_generators(toy):
+    from arlkit.engine.build import build_components
+    from arlkit.recipe import load_recipe
+
+    recipe = str(RECIPES / "ibot.yaml")  # mim-free: patch_distillation draws its own masks
+    overrides = toy("ibot.yaml") + ["objectives.patch_distillation.params.min_block_patches=3"]
+    comps = build_components(load_recipe(recipe, overrides), source=recipe)
+    gen = {o.name: o for o in comps.objectives}["patch_distillation"].generator
+    assert gen.min_block_patches == 3
+    recipe = str(RECIPES / "quickstart.yaml")
+    comps = build_components(load_recipe(recipe, toy("quickstart.yaml")), source=recipe)
+    assert {o.name: o for o in comps.objectives}["mim"].generator.min_block_patches == 4
+    with pytest.raises(ConfigError, match=re.escape("min_block_patches must be >= 1, got 0")):
+        run_recipe(recipe, toy("quickstart.yaml") + ["objectives.mim.params.min_block_patches=0"],
+                   dry_run=True)
+
+
 def test_values_only_a_component_checks_name_the_recipe_path(toy, tmp_path):
     recipe = str(RECIPES / "quickstart.yaml")
     with pytest.raises(ConfigError) as info:
