@@ -23,6 +23,13 @@ No colour jitter (B-mode is grey) and no blur by default (``blur_prob``): blur d
 the speckle the model should learn from. Intensity changes apply inside the field of
 view only; outside it the crop keeps its pixels (the black background stays black).
 
+Where this departs from DINO's ``DataAugmentationDINO`` on purpose: no solarisation of
+the second global view (an inverted B-mode image is not an acquisition), one
+``blur_prob`` for every view instead of DINO's 1.0 / 0.1 / 0.5, and crops resized bilinearly
+(antialiased when shrinking) rather than bicubically. Crop sampling and its fallback
+are torchvision's ``RandomResizedCrop``, with the area measured in the field of view's
+bounding box.
+
 Determinism: ``views(sample, generator=g)`` draws everything from ``g`` (a
 ``torch.Generator``): the same generator state gives the same views. See
 :class:`arlkit.data.dataset.ViewDataset` for per-(seed, epoch, index) generators.
