@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from arlkit.data.condition import batch_condition, condition_keys
 from arlkit.errors import ConfigError
 from arlkit.eval.badfiles import BadFiles
-from arlkit.eval.features import collate_samples, pool_tokens
+from arlkit.eval.features import POOLS, collate_samples, pool_tokens
 
 __all__ = [
     "Classifier",
@@ -139,6 +139,8 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, pool: str = "cls+avg",
                  use_organ: bool = True) -> None:
         super().__init__()
+        if pool not in POOLS:  # before a head of the wrong width is built
+            raise ConfigError(f"Classifier: pool {pool!r}: choose one of {', '.join(POOLS)}")
         self.backbone, self.pool, self.use_organ = backbone, pool, use_organ
         dim = backbone.embed_dim * (2 if pool == "cls+avg" else 1)
         self.head = nn.Linear(dim, num_classes)

@@ -7,6 +7,7 @@ import torch
 from eval_helpers import tiny_backbone
 from timm.layers import DropPath
 
+from arlkit.errors import ConfigError
 from arlkit.eval.finetune import (
     Classifier,
     finetune_classifier,
@@ -72,6 +73,11 @@ def test_layer_ids_and_decayed_rates() -> None:
     assert by_name[id(named["backbone.blocks.0.norm1.weight"])]["weight_decay"] == 0.0
     assert by_name[id(named["head.weight"])]["weight_decay"] == 0.05
     assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_classifier_refuses_an_unknown_pool_when_built() -> None:
+    with pytest.raises(ConfigError, match=r"pool 'mean': choose one of cls, avg, cls\+avg"):
+        Classifier(tiny_backbone(), 2, pool="mean")
 
 
 def test_drop_path_rises_over_blocks() -> None:
