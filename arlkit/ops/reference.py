@@ -97,9 +97,10 @@ class _Geometry:
     table: ``x`` with one zero pixel around the image, viewed as ``(B·(H+2)·(W+2)·G, C/G)``.
     A sample whose top-left corner lies in ``[-1, H-1] × [-1, W-1]`` reads its four corners
     from that table (corners in the zero border contribute nothing, to values and to
-    gradients alike); any other sample lies wholly outside, gets the validity ``v = 0`` and
-    is clamped onto the border so its (zero-weighted) rows are still in range. This keeps
-    the per-sample arithmetic to a handful of full-width operations.
+    gradients alike); any other sample (a non-finite position included) lies wholly outside,
+    gets the validity ``v = 0`` and is clamped onto the border so its (zero-weighted) rows
+    are still in range. This keeps the per-sample arithmetic to a handful of full-width
+    operations.
 
     Attributes:
         row: ``(K, NG)`` long, padded row of the top-left corner ``00``; the others are
@@ -125,6 +126,10 @@ class _Geometry:
         ww = torch.arange(w, device=dev, dtype=dtype)
         py = off[0] + (ki.view(k, 1, 1, 1, 1) + hh.view(1, 1, h, 1, 1))  # (K, B, H, W, G)
         px = off[1] + (kj.view(k, 1, 1, 1, 1) + ww.view(1, 1, 1, w, 1))
+        # a non-finite position (overflowed or NaN offset) lies wholly outside, as in the
+        # fused kernels; left as it is, inf gives NaN fractions and NaN an out-of-range row
+        py.nan_to_num_(nan=-2.0)
+        px.nan_to_num_(nan=-2.0)
         y0, x0 = torch.floor(py), torch.floor(px)
         self.ly, self.lx = (py - y0).view(k, -1), (px - x0).view(k, -1)
         self.v = ((y0 >= -1) & (y0 <= h - 1) & (x0 >= -1) & (x0 <= w - 1)).to(dtype).view(k, -1)
@@ -209,6 +214,10 @@ class _DeformConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offset, weight, mask, ks, dil, groups, cg):  # type: ignore[override]
         b, c_in, h, w = x.shape
+        ctx.save_for_backward(x, offset, weight, mask)
+        ctx.conf = (ks, dil, groups, cg)
+        if b * h * w == 0:  # an empty batch (or grid): nothing to sample
+            return x.new_zeros(b, h, w, weight.shape[0]).permute(0, 3, 1, 2)
         acc = _acc_dtype(x.dtype)
         geo = _Geometry(offset, b, groups, h, w, ks, dil, acc)
         m = _modulation(mask, geo, b, groups, acc)
@@ -223,8 +232,6 @@ class _DeformConv(torch.autograd.Function):
                 y.addcmul_(s, wacc[:, 0, k])  # in place: no (N, C) temporary per point
             else:
                 y += _mix(s, wacc[:, :, k], cg)
-        ctx.save_for_backward(x, offset, weight, mask)
-        ctx.conf = (ks, dil, groups, cg)
         # (N, C_out) -> (B, H, W, C_out) -> (B, C_out, H, W) with channels-last strides
         return y.view(b, h, w, -1).permute(0, 3, 1, 2).to(x.dtype)
 
@@ -234,6 +241,10 @@ class _DeformConv(torch.autograd.Function):
         ks, dil, groups, cg = ctx.conf
         need_x, need_off, need_w = ctx.needs_input_grad[:3]
         need_m = mask is not None and ctx.needs_input_grad[3]
+        if gy.numel() == 0:  # empty batch (or grid): every gradient is an empty or zero sum
+            needs = (need_x, need_off, need_w, need_m)
+            grads = [torch.zeros_like(t) if n else None for t, n in zip(ctx.saved_tensors, needs)]
+            return (*grads, None, None, None, None)
         b, c_in, h, w = x.shape
         n_pix, cgrp = b * h * w, c_in // groups
         acc = _acc_dtype(x.dtype)

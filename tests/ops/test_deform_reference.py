@@ -166,3 +166,40 @@ def test_registered_operators() -> None:
     assert {"reference", "torchvision"} <= set(reg.deform_ops.names())
     assert reg.deform_ops.build("reference") is deform_conv_reference
     assert reg.deform_ops.build("torchvision") is deform_conv_torchvision
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 5), (2, 4, 0, 5)])
+def test_empty_batch_or_grid_gives_empty_output_and_zero_gradients(shape) -> None:
+    b, c, h, w = shape
+    x, offset, weight, mask = _inputs(b, c, h, w, 2, 3, (c, 1, 9), seed=8, mask=True)
+    ins = [t.requires_grad_() for t in (x, offset, weight, mask)]
+    y = deform_conv_reference(*ins, kernel_size=3)
+    assert y.shape == (b, c, h, w)
+    grads = torch.autograd.grad(y.sum(), ins)
+    for g, t in zip(grads, ins):
+        assert g.shape == t.shape and not g.any()  # the weight's gradient: an empty sum
+
+
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+def test_non_finite_offsets_sample_nothing(bad: float) -> None:
+    # an overflowed (±inf) or NaN offset puts the sample wholly outside, as torchvision (for
+    # ±inf) and the fused kernels do: it contributes nothing, and its gradients are 0
+    x, offset, weight, mask = _inputs(1, 4, 4, 5, 2, 3, (4, 1, 9), seed=9, mask=True)
+    far = offset.clone()
+    far.view(1, 2, 9, 2, 4, 5)[0, 1, 4, 0, 2, 3] = 1e6
+    off = offset.clone()
+    off.view(1, 2, 9, 2, 4, 5)[0, 1, 4, 0, 2, 3] = bad
+    ins = [t.requires_grad_() for t in (x, off, weight, mask)]
+    y = deform_conv_reference(*ins, kernel_size=3)
+    want = deform_conv_reference(x, far, weight, mask, kernel_size=3)
+    torch.testing.assert_close(y, want)
+    if bad != bad:  # NaN: torchvision's result is undefined (it casts floor(NaN) to int)
+        want_tv = want
+    else:
+        want_tv = deform_conv_torchvision(x, off.detach(), weight, mask, kernel_size=3)
+    torch.testing.assert_close(y, want_tv)
+    grads = torch.autograd.grad(y.sum(), ins)
+    assert all(torch.isfinite(g).all() for g in grads)
+    goff = grads[1].view(1, 2, 9, 2, 4, 5)[0, 1, 4, :, 2, 3]
+    assert not goff.any()
+    assert grads[3].view(1, 2, 9, 4, 5)[0, 1, 4, 2, 3] == 0
