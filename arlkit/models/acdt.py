@@ -51,6 +51,20 @@ def identity_deform_weight(dim: int, kernel_size: int, channel_groups: int) -> t
     return weight
 
 
+def _is_canonical(organ: object, conditioner: Conditioner, batch_size: int) -> bool:
+    """Whether ``organ`` has the form :func:`~arlkit.conditioners.canonical_organ` returns
+    (``(B,)`` long or ``(B, K+1)`` float, on the conditioner's device); checked without
+    reading the values, so without a device synchronisation."""
+    if not isinstance(organ, torch.Tensor) or organ.shape[:1] != (batch_size,):
+        return False
+    param = next(conditioner.parameters(), None)
+    if param is not None and organ.device != param.device:
+        return False
+    if organ.is_floating_point():
+        return organ.dim() == 2 and organ.shape[1] == conditioner.num_classes + 1
+    return organ.dtype == torch.long and organ.dim() == 1
+
+
 class DeformableAttention(nn.Module):
     """Multi-head attention with queries from ``x`` and keys/values from ``kv``.
 
@@ -193,14 +207,21 @@ class ACDTBlock(nn.Module):
         ``organ`` (an organ batch or a condition mapping) should already be canonical
         (:func:`arlkit.conditioners.canonical_condition`); built-in conditioners then skip
         re-validation and conditioning dropout (the backbone draws it once per image for
-        all blocks, :meth:`arlkit.conditioners.base.Conditioner.drop`), other conditioners
-        receive the whole condition.
+        all blocks, :meth:`arlkit.conditioners.base.Conditioner.drop`). An organ that is
+        not in canonical form (names, ``(B, K)`` probabilities, another device) goes through
+        the conditioner's ``forward``, which validates it; conditioners that read side
+        information (``condition_keys``) and other conditioners receive the whole condition.
         """
         if self.conditioner is None:
             return None
-        if isinstance(self.conditioner, Conditioner) and organ_of(organ) is not None:
-            return self.conditioner.encode(organ_of(organ))
-        return self.conditioner(organ, batch_size)
+        cond = self.conditioner
+        if (
+            isinstance(cond, Conditioner)
+            and not cond.condition_keys  # encode() sees the organ only
+            and _is_canonical(organ_of(organ), cond, batch_size)
+        ):
+            return cond.encode(organ_of(organ))
+        return cond(organ, batch_size)
 
     def sample(
         self, h: torch.Tensor, grid_size: tuple[int, int], organ: Condition

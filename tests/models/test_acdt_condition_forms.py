@@ -1,0 +1,70 @@
+"""ACDT block: organ batches that are not in canonical form reach the offsets correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arlkit.conditioners import OneHotConditioner, SoftEmbeddingConditioner
+from arlkit.errors import UnknownOrganError
+from arlkit.models.acdt import ACDTBlock
+from arlkit.models.offset_net import DWConvOffsetNet
+from arlkit.ops import deform_conv_reference
+
+DIM, HEADS, GRID = 16, 2, (3, 4)
+
+
+def _block(conditioner: type) -> ACDTBlock:
+    torch.manual_seed(0)
+    block = ACDTBlock(
+        DIM,
+        HEADS,
+        conditioner=conditioner(DIM),
+        deform_op=deform_conv_reference,
+        offset_net=DWConvOffsetNet(DIM, HEADS * 9),
+    ).eval()
+    torch.nn.init.normal_(block.offset_net.proj.weight, std=0.5)  # as after training
+    return block
+
+
+@pytest.mark.parametrize("conditioner", [OneHotConditioner, SoftEmbeddingConditioner])
+def test_every_documented_organ_form_conditions_like_canonical_labels(conditioner) -> None:
+    block = _block(conditioner)
+    x = torch.randn(2, 1 + GRID[0] * GRID[1], DIM, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 11])  # breast, cardiac
+    want = block(x, GRID, labels)
+    k = block.conditioner.num_classes
+    forms = {
+        "names": ["breast", "cardiac"],
+        "indices": [0, 11],
+        "probabilities (B, K)": F.one_hot(labels, k).float(),
+        "int32 labels": labels.int(),
+        "mapping of names": {"organ": ["breast", "cardiac"]},
+    }
+    for what, organ in forms.items():
+        torch.testing.assert_close(block(x, GRID, organ), want, msg=what)
+    with pytest.raises(UnknownOrganError, match="heart"):
+        block(x, GRID, ["breast", "heart"])
+
+
+class _ProbeOneHot(OneHotConditioner):
+    """A built-in conditioner extended to read side information (``condition_keys``)."""
+
+    condition_keys = ("probe",)
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.probe = torch.nn.Embedding(3, dim)
+
+    def forward(self, condition, batch_size: int) -> torch.Tensor:
+        return super().forward(condition, batch_size) + self.probe(condition["probe"])
+
+
+def test_a_conditioner_subclass_reading_side_information_receives_it() -> None:
+    block = _block(_ProbeOneHot)
+    x = torch.randn(1, 1 + GRID[0] * GRID[1], DIM, generator=torch.Generator().manual_seed(2))
+    x = x.expand(2, -1, -1)
+    organ = torch.tensor([3, 3])  # canonical: the backbone passes it so
+    y = block(x, GRID, {"organ": organ, "probe": torch.tensor([0, 2])})
+    assert (y[0] - y[1]).abs().max() > 1e-4  # same image and organ, different probe
