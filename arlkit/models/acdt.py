@@ -238,6 +238,14 @@ class ACDTBlock(nn.Module):
         ctx = self.context(organ, b)
         cond = x_p if ctx is None else x_p + ctx.to(x_p.dtype)[:, :, None, None]
         offset = self.offset_net(cond)
+        want = (b, 2 * self.offset_groups * self.kernel_size**2, gh, gw)
+        if tuple(offset.shape) != want:  # the op would infer other groups from the shape
+            raise ConfigError(
+                f"ACDT block: the offset net returned offsets of shape {tuple(offset.shape)}; "
+                f"with {self.offset_groups} offset groups and a {self.kernel_size}×"
+                f"{self.kernel_size} kernel they must be (B, 2·G·K, H, W) = {want}: build the "
+                "offset net with the num_points it is given (G·K)"
+            )
         y = self.deform_op(x_p, offset, self.deform_weight, kernel_size=self.kernel_size)
         return y.flatten(2).transpose(1, 2), offset  # (B, C, H, W) -> (B, N, C)
 

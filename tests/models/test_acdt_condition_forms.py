@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from arlkit.conditioners import OneHotConditioner, SoftEmbeddingConditioner
-from arlkit.errors import UnknownOrganError
+from arlkit.errors import ConfigError, UnknownOrganError
 from arlkit.models.acdt import ACDTBlock
 from arlkit.models.offset_net import DWConvOffsetNet
 from arlkit.ops import deform_conv_reference
@@ -68,3 +70,14 @@ def test_a_conditioner_subclass_reading_side_information_receives_it() -> None:
     organ = torch.tensor([3, 3])  # canonical: the backbone passes it so
     y = block(x, GRID, {"organ": organ, "probe": torch.tensor([0, 2])})
     assert (y[0] - y[1]).abs().max() > 1e-4  # same image and organ, different probe
+
+
+def test_an_offset_net_of_the_wrong_width_is_named() -> None:
+    # a third-party offset net that ignores the num_points it is given (here one group's)
+    block = ACDTBlock(DIM, HEADS, conditioner=OneHotConditioner(DIM),
+                      deform_op=deform_conv_reference, offset_net=DWConvOffsetNet(DIM, 9))
+    x = torch.randn(2, 1 + GRID[0] * GRID[1], DIM)
+    with pytest.raises(ConfigError, match=re.escape(
+            "offsets of shape (2, 18, 3, 4); with 2 offset groups and a 3×3 kernel they must "
+            "be (B, 2·G·K, H, W) = (2, 36, 3, 4)")):
+        block(x, GRID, torch.tensor([0, 1]))
