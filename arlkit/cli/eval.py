@@ -216,6 +216,10 @@ def add_viz_pca(viz_subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--image-size", type=int, default=None, help="default: the first backbone's size")
     p.add_argument("--alpha", type=float, default=0.6, help="opacity of the colours, in [0, 1]")
     p.add_argument("--no-organ", action="store_true", help="do not pass the organ to the backbones")
+    p.add_argument("--foreground", default="fov", choices=("fov", "all"),
+                   help="patches the PCA is fitted on: 'fov' those mostly inside the scan's "
+                        "field of view (the others stay grey, uncoloured; an image without one "
+                        "uses all its patches, with a note), 'all' every patch (default: fov)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--out", default="pca.png", help="PNG to write")
@@ -286,6 +290,7 @@ def _viz_pca(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     side = {k: batch[k] for k in CONDITION_KEYS}
     path = pca_figure(batch["image"], [(bb.name, bb.model) for bb in resolved], args.out,
-                      organs=organs, fov=fov, alpha=args.alpha, titles=titles, side=side)
+                      organs=organs, fov=fov, alpha=args.alpha, titles=titles, side=side,
+                      foreground=args.foreground, log=_printer())
     _printer()(f"wrote {path}")
     return 0
