@@ -78,7 +78,10 @@ def _position(off_ptr, mask_ptr, ob, mb, so_c, sm_c, g, k, hf, wf, pm,
 def _corners(py, px, H, W, pm):
     """Top-left corner, fractional parts and in-image flags of the four bilinear corners."""
     # Points further than one pixel outside sample only zeros; clamping keeps them there
-    # (value and derivatives stay 0) while keeping the integer conversion in range.
+    # (value and derivatives stay 0) while keeping the integer conversion in range. A NaN
+    # position (NaN != NaN) goes outside explicitly: what max/min make of NaN is unspecified.
+    py = tl.where(py == py, py, -2.0)
+    px = tl.where(px == px, px, -2.0)
     py = tl.minimum(tl.maximum(py, -2.0), H + 1.0)
     px = tl.minimum(tl.maximum(px, -2.0), W + 1.0)
     y0f = tl.floor(py)
