@@ -15,7 +15,11 @@ after the reference-fidelity fixes of the evening (LayerNorm eps 1e-6, among oth
 against 0.8200. Trained 12× longer (2400 steps), the recipe still leaves breast within the
 init-to-init spread (RESULTS.md, issue 7). At this toy scale (0.5 M parameters, ~3k images
 seen) pretraining does not yet beat random features by a margin that holds across seeds (every
-setting that moves the weights further did worse; see benchmarks/RESULTS.md, issue 7). Random
+setting that moves the weights further did worse; see benchmarks/RESULTS.md, issue 7). The
+exported EMA teacher of the shipped 200 steps is still within 0.4% of its initialisation
+(relative L2 distance of the weights, measured 2026-11-29; the student moved 2.1%), and
+``--backbone random`` with the same seed is that initialisation, so the two differ by little
+more than the training moved the teacher. Random
 init is a noisy baseline too: four init seeds give 0.800–0.840 on breast (sd 0.012–0.014), and
 three training seeds of one 400-step distillation recipe moved lung by +0.06, -0.10 and -0.01
 (benchmarks/probe_checkpoints.py). This test therefore pins what holds: the README's commands
