@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from arlkit.data.decode import DICOM_EXTENSIONS, DecodeError, decode_image
 from arlkit.data.manifest import Manifest, load_manifest
 from arlkit.data.preprocess import preprocess, warp_mask
+from arlkit.data.sampler import view_seed
 from arlkit.errors import ConfigError
 from arlkit.taxonomy import Taxonomy
 
@@ -176,14 +177,6 @@ class ManifestDataset(Dataset):
         return warp_mask(labels, geometry)
 
 
-def view_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:
-    """The 63-bit seed of item ``index`` in ``epoch`` (independent streams per triple), and
-    of its ``draw``-th repeat in the epoch (draw 0 is the triple's)."""
-    words = np.random.SeedSequence(
-        [seed & (2**63 - 1), epoch, index, *([draw] if draw else [])]).generate_state(2)
-    return int((int(words[0]) << 32 | int(words[1])) & (2**63 - 1))
-
-
 class ViewDataset(Dataset):
     """A dataset whose items pass through a views transform, deterministically.
 
@@ -191,7 +184,8 @@ class ViewDataset(Dataset):
         dataset: map-style dataset of sample dicts (with ``organ_indices``).
         transform: called as ``transform(sample, generator=g)`` (see
             :class:`arlkit.data.views.MultiCropViews`).
-        seed: base seed of the views.
+        seed: base seed of the views; a recipe's ``seed`` gives the views ``arlkit run``
+            trains on (:func:`~arlkit.data.sampler.view_seed`).
 
     Call :meth:`set_epoch` before each epoch (DataLoader workers copy the dataset when an
     iterator starts, so use ``persistent_workers=False`` or recreate the loader).

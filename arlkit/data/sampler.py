@@ -37,7 +37,7 @@ from torch.utils.data import Sampler
 
 from arlkit.errors import ConfigError, DataError
 
-__all__ = ["OrganBalancedSampler", "draw_numbers", "organ_shares"]
+__all__ = ["OrganBalancedSampler", "draw_numbers", "organ_shares", "seed_for", "view_seed"]
 
 
 def draw_numbers(indices: Sequence[int] | np.ndarray) -> list[int]:
@@ -246,3 +246,23 @@ class OrganBalancedSampler(Sampler[Any]):
             position = int(state["global_position"]) // self.world_size
         self._start = min(max(position, 0), self.shard_length)
         self._yielded = self._start
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix-style), stable across processes."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value ^= (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)) & ((1 << 64) - 1)
+        value = (value * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        value ^= value >> 31
+    return value & ((1 << 63) - 1)
+
+
+def view_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:
+    """The 63-bit seed of item ``index`` in ``epoch`` (independent streams per triple), and
+    of its ``draw``-th repeat in the epoch (draw 0 is the triple's).
+
+    ``arlkit run`` seeds its views with the same function, so :class:`ViewDataset` with a
+    recipe's ``seed`` gives the crops that training with that recipe sees.
+    """
+    return seed_for(seed, epoch, index, *([draw] if draw else []))

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from arlkit.data.condition import side_information
-from arlkit.data.sampler import draw_numbers
+from arlkit.data.sampler import draw_numbers, seed_for, view_seed
 from arlkit.errors import ConfigError
 
 __all__ = [
@@ -128,16 +128,6 @@ class StepBatchSampler(Sampler[list[tuple[int, int, int, int]]]):
                        for p in plan.micro_positions(micro)]  # fmt: skip
 
 
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (splitmix-style), stable across processes."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value ^= (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)) & ((1 << 64) - 1)
-        value = (value * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-        value ^= value >> 31
-    return value & ((1 << 63) - 1)
-
-
 class ViewsDataset(Dataset):
     """Applies the views transform with a generator seeded by ``(seed, epoch, index)`` (and
     the draw's ``repeat`` when an index comes again in the epoch), so a sample's crops are
@@ -158,9 +148,8 @@ class ViewsDataset(Dataset):
         index, pos, epoch = key[:3]
         repeat = key[3] if len(key) > 3 else 0
         sample = dict(self.dataset[index])
-        if sample.get("valid", True):
-            parts = (self.seed, epoch, index) + ((repeat,) if repeat else ())
-            generator = torch.Generator().manual_seed(seed_for(*parts))
+        if sample.get("valid", True):  # the seed of the public ViewDataset's views
+            generator = torch.Generator().manual_seed(view_seed(self.seed, epoch, index, repeat))
             sample = dict(self.views(sample, generator=generator))
         sample["_pos"] = pos
         return sample

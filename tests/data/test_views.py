@@ -206,6 +206,30 @@ def test_view_dataset_is_deterministic_per_epoch_and_index() -> None:
     assert ds[(2, 1)]["valid"] is False
 
 
+def test_view_dataset_gives_the_views_arlkit_run_trains_on() -> None:
+    """The public ViewDataset and the engine's ViewsDataset seed views alike: the same seed,
+    epoch, index and draw give the same crops in a user's own loop and in ``arlkit run``."""
+    from arlkit.engine.data import ViewsDataset
+
+    class Source(torch.utils.data.Dataset):
+        organ_indices = [0, 0, 0]
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> dict:
+            return fan_sample(64, seed=i)
+
+    views = MultiCropViews(64, 32, 2, 2)
+    public, engine = ViewDataset(Source(), views, seed=7), ViewsDataset(Source(), views, 7)
+    for epoch, index, draw in ((0, 0, 0), (0, 2, 0), (3, 1, 0), (3, 1, 2)):
+        public.set_epoch(epoch)
+        mine = public[(index, draw)]
+        trained = engine[(index, 0, epoch, draw)]  # (index, position in batch, epoch, repeat)
+        for key in ("global", "local"):
+            assert torch.equal(mine[key], trained[key]), (epoch, index, draw, key)
+
+
 def test_clean_global_is_the_same_crop_before_intensity_augmentation() -> None:
     """``global_clean``: same crops and flips as ``global``, no gain/contrast/gamma/ramp/blur;
     asking for it draws nothing extra, so the augmented views stay exactly as they were."""
