@@ -173,10 +173,13 @@ def fit_logistic_many(
     """Converged L2-regularised logistic regression, one per penalty (scikit-learn L-BFGS).
 
     Minimises ``mean cross-entropy + weight_decay / 2 · ‖W‖²`` on standardised features
-    (the bias is not penalised), i.e. scikit-learn's ``C = 1 / (weight_decay · N)``. Each
-    penalty is solved on its own from zero (gradient tolerance 1e-6), so a result does not
-    depend on the rest of the sweep. Classes absent from ``y`` get a logit far below the
-    others.
+    (the bias is not penalised; ``W`` the ``(num_classes, D)`` weight, as for the ``sgd``
+    solver), i.e. scikit-learn's ``C = 1 / (weight_decay · N)``. Two classes get
+    ``C = 2 / (weight_decay · N)``: scikit-learn fits them with one logit ``z`` and
+    penalises ``‖z‖²``, while the optimum over both rows is ``±z / 2``, whose ``‖W‖²`` is
+    ``‖z‖² / 2``. Each penalty is solved on its own from zero (gradient tolerance 1e-6), so
+    a result does not depend on the rest of the sweep. Classes absent from ``y`` get a
+    logit far below the others.
 
     Args:
         x: ``(N, D)`` features.
@@ -219,16 +222,18 @@ def fit_logistic_many(
         if present.size == 1:  # one class: the unpenalised optimum predicts it everywhere
             bias[int(present[0])] = 0.0
         else:
-            fit = LogisticRegression(C=1.0 / (wd * n), tol=1e-6, max_iter=max_iter)
+            # two classes: one penalised logit z = w1 - w0 (see the docstring), hence 2 / (wd N)
+            scale = 2.0 if present.size == 2 else 1.0
+            fit = LogisticRegression(C=scale / (wd * n), tol=1e-6, max_iter=max_iter)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 fit.fit(xs, labels)
             converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
             coef, intercept = torch.from_numpy(fit.coef_), torch.from_numpy(fit.intercept_)
             rows = torch.from_numpy(fit.classes_).long()
-            if present.size == 2:  # binary: one logit z for the second class, softmax([0, z])
-                weight[rows[0]], bias[rows[0]] = 0.0, 0.0
-                weight[rows[1]], bias[rows[1]] = coef[0], intercept[0]
+            if present.size == 2:  # binary: logit z of the second class; the rows ±z / 2
+                weight[rows[0]], bias[rows[0]] = -coef[0] / 2, -intercept[0] / 2
+                weight[rows[1]], bias[rows[1]] = coef[0] / 2, intercept[0] / 2
             else:
                 weight[rows], bias[rows] = coef, intercept
         with torch.no_grad():

@@ -139,9 +139,10 @@ def test_sweep_matches_torch_sgd() -> None:
 def _reference_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float,
                         rows: int) -> torch.Tensor:
     """The same objective minimised independently (torch L-BFGS, float64): mean cross-entropy
-    plus ``wd / 2 · ‖W‖²`` on standardised features; ``rows`` logit rows (1 = binary with
-    logits ``[0, z]``, as scikit-learn parametrises two classes). Returns the logit function's
-    weights and bias as one ``(D + 1, num_classes)`` matrix."""
+    plus ``wd / 2 · ‖W‖²`` on standardised features; ``rows`` logit rows (1 = logits ``[0, z]``,
+    as scikit-learn parametrises two classes; ``num_classes`` = the classifier's own weight ``W``,
+    the objective the docs state). Returns the logit function's weights and bias as one
+    ``(D + 1, num_classes)`` matrix."""
     z = (x - x.mean(0)) / x.std(0, unbiased=False)
     z = torch.cat([z, torch.ones(len(z), 1)], 1).double()
     w = torch.zeros(z.shape[1], rows, dtype=torch.float64, requires_grad=True)
@@ -163,8 +164,10 @@ def _reference_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_lbfgs_solver_minimises_the_stated_objective(num_classes: int) -> None:
-    """The penalty means what the docs say (scikit-learn's C = 1 / (wd · N)): the fitted
-    probabilities equal those of an independent minimisation of the same objective."""
+    """The penalty means what the docs say: the fitted probabilities equal those of an
+    independent minimisation of the same objective over the classifier's ``(C, D)`` weight,
+    two classes included (scikit-learn's one binary logit would otherwise be penalised twice
+    as hard)."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(150, 5, generator=g) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0]) + 2.0
     y = (x[:, :2].sum(1) + torch.randn(150, generator=g) > 4.0).long()
@@ -173,13 +176,28 @@ def test_lbfgs_solver_minimises_the_stated_objective(num_classes: int) -> None:
     wd = 0.05
     (clf,), (converged,) = fit_logistic_many(x, y, num_classes, (wd,))
     assert converged
-    ref = _reference_logistic(x, y, num_classes, wd, rows=1 if num_classes == 2 else num_classes)
+    ref = _reference_logistic(x, y, num_classes, wd, rows=num_classes)
     zs = (x - x.mean(0)) / x.std(0, unbiased=False)
     expected = (torch.cat([zs, torch.ones(len(zs), 1)], 1).double() @ ref).softmax(-1)
     with torch.no_grad():
         got = clf(x).softmax(-1).double()
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
     assert got.argmax(1).float().std() > 0  # a fit that predicts something, not a constant
+
+
+def test_a_penalty_means_the_same_for_both_solvers_on_two_classes() -> None:
+    """SGD run to convergence (full batch, weight decay ``wd``) and L-BFGS at the same ``wd``
+    minimise one objective, so they give the same probabilities (the module docstring)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(150, 5, generator=g) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0]) + 2.0
+    y = (x[:, :2].sum(1) + torch.randn(150, generator=g) > 4.0).long()
+    wd = 0.05
+    sgd = train_linear(x, y, 2, 0.1, epochs=3000, weight_decay=wd, batch_size=150)
+    (lbfgs,), (converged,) = fit_logistic_many(x, y, 2, (wd,))
+    assert converged
+    with torch.no_grad():
+        torch.testing.assert_close(lbfgs(x).softmax(-1), sgd(x).softmax(-1), atol=1e-4, rtol=0)
+        torch.testing.assert_close(lbfgs.linear.weight, sgd.linear.weight, atol=1e-3, rtol=0)
 
 
 def test_lbfgs_solver_handles_absent_and_single_classes() -> None:
