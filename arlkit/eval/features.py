@@ -3,10 +3,13 @@
 A linear probe, a kNN classifier and every label fraction of them read the same
 features, so each split is encoded once per command; a cache directory keeps them across
 commands (``arlkit eval compare`` re-uses the linear probe's features for kNN). The cache
-key holds a fingerprint of the backbone's weights, the data and every setting that changes
-the features; a stale entry can therefore never be read.
+key holds a fingerprint of the backbone's weights and of the buffers its state dict leaves
+out (a timm backbone's input normalisation), the data and every setting that changes the
+features. The data part names the dataset (a manifest by its size and modification time) and
+the chosen rows, not every image's bytes: after rewriting images in place behind an unchanged
+manifest, clear the cache directory (or pass another ``--cache-dir``).
 
-Pooling: ``cls`` (class token), ``avg`` (mean of the patch tokens, MAE's linear probe) or
+Pooling: ``cls`` (class token), ``avg`` (mean of the patch tokens, MAE's fine-tuning default) or
 ``cls+avg`` (both, concatenated, as DINO's linear evaluation of ViT-B). With
 ``n_last_blocks = n > 1`` the features come from the outputs of the last ``n`` blocks, each
 through the backbone's final norm, as in DINO's ``eval_linear.py`` (``n_last_blocks=4``
@@ -308,8 +311,8 @@ def cached_features(
     Args:
         backbone: the frozen backbone.
         dataset: the split to encode.
-        key: everything that determines the features (backbone fingerprint, data, split,
-            image size, pooling, blocks, organ use); JSON-serialisable.
+        key: everything that determines the features (backbone fingerprint and unsaved
+            buffers, data, split, image size, pooling, blocks, organ use); JSON-serialisable.
         cache_dir: a local directory, or None for no disk cache.
         **kwargs: passed to :func:`extract_features` (``pool``, ``n_last_blocks`` and
             ``use_organ`` belong in ``key`` too).

@@ -30,7 +30,8 @@ from arlkit.eval.features import cached_features
 from arlkit.eval.metrics import classification_metrics, segmentation_metrics
 from arlkit.eval.splits import label_fraction_indices
 
-__all__ = ["format_metrics", "run_classification", "run_segmentation", "split_rows"]
+__all__ = ["format_metrics", "run_classification", "run_segmentation", "split_rows",
+           "unsaved_buffers"]
 
 Log = Callable[[str], None]
 
@@ -71,6 +72,25 @@ def split_rows(dataset: Any) -> str | None:
     return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()[:20]
 
 
+def unsaved_buffers(model: torch.nn.Module) -> str | None:
+    """Digest of the buffers a state dict leaves out, or None when there are none.
+
+    Part of the feature-cache key beside :func:`backbone_fingerprint`, which hashes the
+    state dict only: a timm backbone normalises its input with the mean and std of the
+    model name's ``pretrained_cfg`` (non-persistent buffers), so one weights file read as
+    ``timm:vit_small_patch16_224`` or ``timm:vit_small_patch16_224.dino`` gives other features.
+    """
+    saved = set(model.state_dict())
+    extra = sorted(((n, b) for n, b in model.named_buffers() if n not in saved), key=lambda t: t[0])
+    if not extra:
+        return None
+    digest = hashlib.sha1()
+    for name, buf in extra:
+        digest.update(name.encode())
+        digest.update(buf.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,
               log: Log, bad_files: list[dict[str, str]] | None = None,
               ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -89,12 +109,15 @@ def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, de
     if cfg.protocol in ("linear", "knn"):
         wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.protocol]
         fp = backbone_fingerprint(bb.model)
+        buffers = unsaved_buffers(bb.model)
         feats = {}
         for split in ("train", "val", "test"):
             key = {"backbone": fp, "data": data.spec, "info": data.info, "split": split,
                    "image_size": cfg.image_size, "pool": cfg.pool, "organ": cfg.use_organ}
             if cfg.n_last_blocks != 1:  # keeps the keys (and caches) of one-block features
                 key["n_last_blocks"] = cfg.n_last_blocks
+            if buffers is not None:  # e.g. a timm backbone's input normalisation
+                key["buffers"] = buffers
             rows = split_rows(getattr(data, split))
             if rows is not None:  # which rows: a random manifest split depends on the seed
                 key["rows"] = rows
