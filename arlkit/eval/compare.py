@@ -3,7 +3,9 @@
 Every (task, backbone) pair runs :func:`arlkit.eval.run.run_eval` with the same settings
 and seeds into ``OUT/runs/<protocol>-<task>-<backbone>``; segmentation tasks
 (``synthetic:cardiac_seg``) use the ``segment`` protocol whatever the classification
-protocol is. The comparison writes into ``OUT``:
+protocol is. Two ``--data`` values with one task name (``manifest.csv`` in two folders) are
+told apart as ``manifest`` and ``manifest-2``, as two backbones of one name are. The
+comparison writes into ``OUT``:
 
 - ``table.md``: one table per label fraction, backbones as rows, ``task metric`` as
   columns, ``value (low–high)`` with the best value of each column in bold;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -108,11 +111,14 @@ def _num(x: Any) -> float:
 
 
 def _cell(row: dict[str, Any] | None, bold: bool) -> str:
-    if row is None or row["value"] is None:
+    """``value (low–high)``; a value or bound that is None or NaN (``null`` in results.json:
+    no bootstrap with ``--n-boot 0``, AUROC of a one-class test split) is left out."""
+    if row is None or math.isnan(_num(row["value"])):
         return "–"
     text = f"{_num(row['value']):.3f}"
-    if row["low"] is not None and row["high"] is not None:
-        text += f" ({_num(row['low']):.3f}–{_num(row['high']):.3f})"
+    low, high = _num(row["low"]), _num(row["high"])
+    if not (math.isnan(low) or math.isnan(high)):
+        text += f" ({low:.3f}–{high:.3f})"
     return f"**{text}**" if bold else text
 
 
@@ -239,6 +245,18 @@ def _unique_names(resolved: list[Any]) -> None:
             bb.name = f"{bb.name}-{n + 1}"
 
 
+def _task_names(datas: Sequence[str]) -> list[str]:
+    """The task name of every ``--data`` value, ``-2``, ``-3``... after a repeated one."""
+    seen: dict[str, int] = {}
+    names = []
+    for data in datas:
+        name = task_name(data)
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        names.append(f"{name}-{n + 1}" if n else name)
+    return names
+
+
 def compare(
     backbones: Sequence[str],
     datas: Sequence[str],
@@ -252,7 +270,8 @@ def compare(
 
     Args:
         backbones: ``--backbone`` values (each resolved once; duplicate names get a suffix).
-        datas: ``--data`` values.
+        datas: ``--data`` values (tasks of one name get a suffix in the table and the run
+            directories).
         base: shared settings (its ``backbone``/``data``/``out`` are replaced per run).
         out: output directory of the comparison.
         metrics: metrics shown in the markdown table and plots (default: accuracy, AUROC,
@@ -282,13 +301,15 @@ def compare(
     resolved = [resolve_backbone(b, base.arch, base.seed) for b in backbones]
     _unique_names(resolved)
     results = []
-    for data in datas:
+    for data, task in zip(datas, _task_names(datas)):
         protocol = "segment" if _is_segmentation(data) else base.protocol
+        if task != task_name(data):
+            log(f"task {task}: --data {data}")
         for spec, bb in zip(backbones, resolved):
-            run_dir = os.path.join(out, "runs", f"{protocol}-{task_name(data)}-{bb.name}")
+            run_dir = os.path.join(out, "runs", f"{protocol}-{task}-{bb.name}")
             cfg = dataclasses.replace(base, protocol=protocol, backbone=spec, data=data, out=run_dir)
-            log(f"== {protocol} · {task_name(data)} · {bb.name}")
-            results.append(run_eval(cfg, bb, log, warn))
+            log(f"== {protocol} · {task} · {bb.name}")
+            results.append({**run_eval(cfg, bb, log, warn), "task": task})
     rows = rows_from_results(results)
     files = write_tables(rows, out, metrics)
     files["bars"] = plot_bars(rows, os.path.join(out, "bars.png"), metrics)

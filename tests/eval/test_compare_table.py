@@ -1,0 +1,68 @@
+"""eval compare: every cell of the table is the number of the run it names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+
+from eval_helpers import labelled_rows, write_manifest
+
+from arlkit.eval.compare import compare, write_tables
+from arlkit.eval.run import EvalConfig
+
+
+def test_tasks_of_one_name_get_their_own_columns(tiny_export: str, tmp_path: pathlib.Path) -> None:
+    """Two manifests called manifest.csv (what ``arlkit data synth`` writes) are two tasks: each
+    has its own run directory and columns, and each cell is that run's results.json."""
+    first = write_manifest(tmp_path / "a", labelled_rows(12, 6, 8))
+    rows = labelled_rows(12, 6, 8)
+    for r in rows:  # other labels: other numbers
+        r["label"] = str(int(r["path"][2:-4]) // 2 % 2)
+    second = write_manifest(tmp_path / "b", rows)
+    base = EvalConfig(protocol="knn", backbone=tiny_export, data=first, image_size=32, n_boot=20,
+                      device="cpu", cache_dir=None)
+    out = tmp_path / "cmp"
+    summary = compare([tiny_export], [first, second], base, str(out))
+    assert [pathlib.Path(r).name for r in summary["runs"]] == ["knn-manifest-tiny", "knn-manifest-2-tiny"]
+    md = (out / "table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| backbone |"))
+    assert header == ("| backbone | manifest accuracy | manifest auroc | manifest-2 accuracy "
+                      "| manifest-2 auroc |")
+    cells = next(line for line in md.splitlines() if line.startswith("| tiny |")).split(" | ")[1:]
+    table = {(r["task"], r["metric"]): r for r in csv.DictReader(open(out / "table.csv"))}
+    for task, run in zip(("manifest", "manifest-2"), summary["runs"]):
+        results = json.loads(pathlib.Path(run, "results.json").read_text())
+        assert results["data"] == (first if task == "manifest" else second)
+        for metric, v in results["metrics"]["1"].items():
+            row = table[(task, metric)]
+            assert [float(row[k]) for k in ("value", "low", "high")] == [v["value"], v["low"], v["high"]]
+    run_cells = []
+    for run in summary["runs"]:
+        m = json.loads(pathlib.Path(run, "results.json").read_text())["metrics"]["1"]
+        run_cells += [f"{m[k]['value']:.3f} ({m[k]['low']:.3f}–{m[k]['high']:.3f})"
+                      for k in ("accuracy", "auroc")]
+    assert [c.strip(" |") for c in cells] == run_cells
+
+
+def test_cells_without_a_number_show_none(tmp_path: pathlib.Path) -> None:
+    """Without bootstrap (--n-boot 0) the bounds are NaN (null in results.json), and an AUROC
+    of a one-class test split is NaN: the table shows no interval and a dash, not 'nan'."""
+    nan = float("nan")
+    rows = [
+        {"backbone": "a", "task": "t", "protocol": "linear", "fraction": 1.0, "metric": "accuracy",
+         "value": 0.75, "low": nan, "high": nan},
+        {"backbone": "a", "task": "t", "protocol": "linear", "fraction": 1.0, "metric": "auroc",
+         "value": nan, "low": nan, "high": nan},
+        {"backbone": "b", "task": "t", "protocol": "linear", "fraction": 1.0, "metric": "accuracy",
+         "value": 0.5, "low": 0.25, "high": 0.625},
+        {"backbone": "b", "task": "t", "protocol": "linear", "fraction": 1.0, "metric": "auroc",
+         "value": None, "low": None, "high": None},
+    ]
+    write_tables(rows, str(tmp_path), ("accuracy", "auroc"))
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert "| a | **0.750** | – |" in lines
+    assert "| b | 0.500 (0.250–0.625) | – |" in lines
+    assert not any("nan" in line for line in lines)
+    assert math.isnan(rows[0]["low"])  # the rows themselves are not changed
