@@ -81,7 +81,10 @@ def test_distillation_pretraining_beats_random_init(tmp_path):
     cardiac view 0.8825 / 0.8875 (+0.130 / +0.135), thyroid 0.8725 / 0.8900 (+0.078 / +0.095),
     breast 0.8600 / 0.8150 (−0.005 / −0.050); training seed 0 re-run after the evening's
     reference-fidelity fixes (LayerNorm eps 1e-6, among others): cardiac view 0.8550 (+0.103),
-    thyroid 0.8825 (+0.088), breast 0.8600 (−0.005). At the recipe's full 1200 steps (2026-11-29,
+    thyroid 0.8825 (+0.088), breast 0.8600 (−0.005); and after the fix that gives two-class
+    lbfgs probes their stated penalty (it had been doubled): random thyroid 0.8050, breast
+    0.8625; pretrained cardiac view 0.8550 (+0.103), thyroid 0.8825 (+0.078), breast 0.8475
+    (−0.015). At the recipe's full 1200 steps (2026-11-29,
     earlier machine): cardiac view +0.173 / +0.140, thyroid +0.088 / +0.088, breast
     +0.008 / −0.018; against the mean of four random inits over two data seeds
     (benchmarks/probe_checkpoints.py --solver lbfgs): cardiac view +0.165 / +0.133, thyroid
