@@ -8,8 +8,13 @@ One decoder serves both encoder styles of the design tension in DESIGN.md §1:
   them into the grid and fills the holes with its own mask token.
 
 ``depth=0`` gives SimMIM's linear head; ``depth>0`` a light transformer (MAE's
-decoder). The last layer, :attr:`MIMDecoder.last_layer`, is the shared parameter the
-adaptive balancer measures gradients against (VQGAN's adaptive weight).
+decoder). A sparse encoder needs ``depth>0``: a linear head sees each position alone,
+so at a masked one it would only see the mask token. Unlike MAE's decoder, the class
+token does not enter the decoder blocks, and the linear layers before ``last_layer``
+keep PyTorch's default initialisation (MAE: Xavier-uniform).
+
+The last layer, :attr:`MIMDecoder.last_layer`, is the shared parameter the adaptive
+balancer measures gradients against (VQGAN's adaptive weight).
 """
 
 from __future__ import annotations
@@ -17,11 +22,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from arlkit.errors import ConfigError
+
 __all__ = ["MIMDecoder", "sincos_2d"]
 
 
 def sincos_2d(dim: int, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-    """Fixed 2-D sine-cosine position embedding ``(H·W, dim)`` (MAE's), ``dim % 4 == 0``."""
+    """Fixed 2-D sine-cosine position embedding ``(H·W, dim)``, ``dim % 4 == 0``.
+
+    MAE's formula with the halves swapped: here the first ``dim/2`` channels encode the
+    row, MAE's ``get_2d_sincos_pos_embed`` encodes the column there. A fixed channel
+    permutation, immaterial to a decoder trained with it.
+    """
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
     h, w = grid
@@ -48,6 +60,9 @@ class MIMDecoder(nn.Module):
         num_heads: attention heads of the decoder blocks.
         num_prefix_tokens: leading tokens (class token) the encoder returns.
         sparse: the encoder drops masked tokens (MAE); the decoder then owns a mask token.
+
+    Raises:
+        ConfigError: ``sparse`` with ``depth == 0``.
     """
 
     def __init__(
@@ -63,6 +78,14 @@ class MIMDecoder(nn.Module):
     ) -> None:
         super().__init__()
         from timm.models.vision_transformer import Block
+
+        if sparse and depth <= 0:
+            # the loss reads masked positions only, which would all hold the same mask token
+            # and pass no gradient to the encoder
+            raise ConfigError(
+                "MIMDecoder: a sparse encoder (mask_mode: drop) needs a transformer decoder to "
+                "fill the dropped positions from the visible ones; set decoder_depth > 0 (MAE: 8)"
+            )
 
         self.patch_size, self.in_chans, self.depth = patch_size, in_chans, depth
         self.num_prefix_tokens = num_prefix_tokens
