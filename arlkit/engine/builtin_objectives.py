@@ -72,6 +72,14 @@ class MIMObjective(Objective):
         min_block_patches: int = 4,
     ) -> None:
         super().__init__(context)
+        if context.sparse_encoder and decoder_depth <= 0:
+            # checked here, not only in MIMDecoder, so the error names the recipe's path
+            raise ConfigError(
+                "the sparse encoder (model.backbone.params.mask_mode: drop) needs a transformer "
+                "decoder to fill the dropped positions from the visible ones: a linear head sees "
+                "only the mask token there and passes the encoder no gradient; set "
+                "decoder_depth > 0 (MAE: 8)"
+            )
         self.generator = MaskGenerator(context.grid, mask_ratio, mask_mode,
                                        min_block_patches=min_block_patches)
         if target == "clean" and not context.clean_global:
@@ -353,8 +361,9 @@ class PatchDistillationObjective(_DistillationObjective):
     Args:
         context: injected by the engine.
         out_dim: prototypes of the patch head.
-        hidden_dim, bottleneck_dim, nlayers: patch head shape (its own head, not the
-            class-token head; iBOT's default).
+        hidden_dim, bottleneck_dim, nlayers: patch head shape. The patch head is separate
+            from the class-token head; iBOT's default (``shared_head: false``) shares the
+            head's MLP between the two and separates only the last layer.
         norm_last_layer: weight-normalised last layer with fixed norm.
         freeze_last_layer_steps: the last layer gets no update for this many steps.
         teacher_temp, warmup_teacher_temp, warmup_teacher_temp_steps: teacher sharpening.

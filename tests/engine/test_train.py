@@ -237,6 +237,17 @@ def test_min_block_patches_reaches_both_mask_generators(toy):
                    dry_run=True)
 
 
+def test_a_sparse_encoder_with_a_linear_decoder_is_refused_at_its_recipe_path(toy):
+    # mae.yaml drops masked tokens; a linear head would see only its mask token there
+    recipe = str(RECIPES / "mae.yaml")
+    with pytest.raises(ConfigError) as info:
+        run_recipe(recipe, toy("mae.yaml") + ["objectives.mim.params.decoder_depth=0"],
+                   dry_run=True)
+    assert str(info.value).startswith(f"{recipe}: objectives[0].params (mim): ")
+    assert "needs a transformer decoder" in str(info.value)
+    assert "set decoder_depth > 0" in str(info.value)
+
+
 def test_values_only_a_component_checks_name_the_recipe_path(toy, tmp_path):
     recipe = str(RECIPES / "quickstart.yaml")
     with pytest.raises(ConfigError) as info:
