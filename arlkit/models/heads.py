@@ -99,10 +99,13 @@ class DINOHead(nn.Module):
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_norm=norm_last_layer)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(B, in_dim) -> (B, out_dim)`` prototype logits."""
-        x = self.mlp(x)
+        """``(..., in_dim) -> (..., out_dim)`` prototype logits: class tokens ``(B, in_dim)``
+        or patch tokens ``(B, N, in_dim)``."""
+        lead = x.shape[:-1]
+        # BatchNorm1d reads (M, C): patch tokens share statistics over B·N (iBOT's head)
+        x = self.mlp(x.reshape(-1, x.shape[-1]))  # (M, bottleneck)
         x = F.normalize(x, dim=-1, p=2)  # bottleneck on the unit sphere
-        return self.last_layer(x)
+        return self.last_layer(x).reshape(*lead, self.out_dim)
 
     def cancel_last_layer_gradients(self, epoch: float) -> bool:
         """Drop the prototype gradients while ``epoch < freeze_last_layer``.

@@ -67,6 +67,16 @@ def test_layer_counts_and_batch_norm(nlayers: int, use_bn: bool) -> None:
     assert head(torch.randn(4, 5)).shape == (4, 11)
 
 
+def test_patch_tokens_share_batch_norm_statistics_over_all_tokens() -> None:
+    # patch_distillation feeds (B, N, C); BatchNorm1d would take N for the channels
+    torch.manual_seed(0)
+    head = DINOHead(in_dim=6, out_dim=10, hidden_dim=8, bottleneck_dim=4, use_bn=True).train()
+    flat = copy.deepcopy(head)
+    x = torch.randn(2, 5, 6)
+    torch.testing.assert_close(head(x), flat(x.reshape(10, 6)).reshape(2, 5, 10))
+    torch.testing.assert_close(head.mlp[1].running_mean, flat.mlp[1].running_mean)
+
+
 def test_cancel_last_layer_gradients_during_frozen_epochs() -> None:
     head = DINOHead(
         in_dim=4,
