@@ -255,18 +255,18 @@ def run_recipe(
 def schedule_notes(recipe: Any) -> list[str]:
     """What a run should be told about its schedules before it starts.
 
-    A warm-up as long as the run (``optim.warmup_steps >= train.steps``, e.g. a shipped
-    recipe shortened with ``train.steps=``) is shortened to ``steps - 1``
-    (:func:`arlkit.engine.schedules.cosine`): the learning rate then ends at its peak and
-    never decays. That is fine for a smoke run and a surprise otherwise, so it is said.
+    A warm-up that reaches the last step (``optim.warmup_steps >= train.steps - 1``, e.g. a
+    shipped recipe shortened with ``train.steps=``; :func:`arlkit.engine.schedules.cosine`
+    caps it at ``steps - 1``) leaves the learning rate at its peak at the end, with no
+    decay. That is fine for a smoke run and a surprise otherwise, so it is said.
     """
     warmup, steps = recipe.optim.warmup_steps, recipe.train.steps
-    if steps <= 1 or warmup < steps:
+    if steps <= 2 or warmup < steps - 1:
         return []
     return [
-        f"note: optim.warmup_steps={warmup} is not below train.steps={steps}: the learning "
-        f"rate warms up over all {steps - 1} steps and ends at its peak, with no cosine decay; "
-        f"for a full schedule set optim.warmup_steps below {steps} "
+        f"note: optim.warmup_steps={warmup} with train.steps={steps}: the learning rate warms "
+        f"up until the last step (step {steps - 1}) and ends at its peak, with no cosine "
+        f"decay; for a full schedule set optim.warmup_steps below {steps - 1} "
         f"(e.g. optim.warmup_steps={max(1, steps // 10)})"
     ]
 

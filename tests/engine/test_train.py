@@ -211,12 +211,17 @@ def test_a_warmup_as_long_as_the_run_is_said(toy, capsys):
     recipe = str(RECIPES / "quickstart.yaml")
     assert run_recipe(recipe, toy("quickstart.yaml", steps=10), dry_run=True) == 0
     out = capsys.readouterr().out
-    assert ("note: optim.warmup_steps=20 is not below train.steps=10: the learning rate warms "
-            "up over all 9 steps and ends at its peak") in out
+    assert ("note: optim.warmup_steps=20 with train.steps=10: the learning rate warms up until "
+            "the last step (step 9) and ends at its peak") in out
     assert "optim.warmup_steps=1)" in out  # the suggestion: a tenth of the run
     from arlkit.engine.schedules import cosine
     assert cosine(9, 10, 1.0, 0.0, warmup=20) == 1.0  # what the note describes
+    # 21 steps: the warm-up of 20 ends at the last step (20) too, so it is said
+    assert cosine(20, 21, 1.0, 0.0, warmup=20) == 1.0
     assert run_recipe(recipe, toy("quickstart.yaml", steps=21), dry_run=True) == 0
+    assert "train.steps=21: the learning rate warms up until the last step" in capsys.readouterr().out
+    assert cosine(21, 22, 1.0, 0.0, warmup=20) == 0.0  # 22 steps: one step of decay, to the end
+    assert run_recipe(recipe, toy("quickstart.yaml", steps=22), dry_run=True) == 0
     assert "note:" not in capsys.readouterr().out
 
 
