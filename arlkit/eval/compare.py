@@ -236,25 +236,31 @@ def plot_fractions(rows: list[dict[str, Any]], path: str, metrics: Sequence[str]
     return path
 
 
+def _distinct(names: Sequence[str]) -> list[str]:
+    """``names`` with ``-2``, ``-3``... after a repeated one, skipping suffixed names that
+    are taken (``manifest``, ``manifest``, ``manifest-2`` → ``manifest``, ``manifest-3``,
+    ``manifest-2``)."""
+    taken = set(names)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        unique, n = name, 1
+        while unique in used or (unique != name and unique in taken):
+            n += 1
+            unique = f"{name}-{n}"
+        used.add(unique)
+        out.append(unique)
+    return out
+
+
 def _unique_names(resolved: list[Any]) -> None:
-    seen: dict[str, int] = {}
-    for bb in resolved:
-        n = seen.get(bb.name, 0)
-        seen[bb.name] = n + 1
-        if n:
-            bb.name = f"{bb.name}-{n + 1}"
+    for bb, name in zip(resolved, _distinct([bb.name for bb in resolved])):
+        bb.name = name
 
 
 def _task_names(datas: Sequence[str]) -> list[str]:
     """The task name of every ``--data`` value, ``-2``, ``-3``... after a repeated one."""
-    seen: dict[str, int] = {}
-    names = []
-    for data in datas:
-        name = task_name(data)
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        names.append(f"{name}-{n + 1}" if n else name)
-    return names
+    return _distinct([task_name(data) for data in datas])
 
 
 def compare(

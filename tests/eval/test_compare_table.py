@@ -8,6 +8,8 @@ import math
 import pathlib
 
 from eval_helpers import labelled_rows, write_manifest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from arlkit.eval.compare import compare, write_tables
 from arlkit.eval.run import EvalConfig
@@ -66,3 +68,23 @@ def test_cells_without_a_number_show_none(tmp_path: pathlib.Path) -> None:
     assert "| b | 0.500 (0.250–0.625) | – |" in lines
     assert not any("nan" in line for line in lines)
     assert math.isnan(rows[0]["low"])  # the rows themselves are not changed
+
+
+def test_repeated_names_get_suffixes_that_collide_with_nothing() -> None:
+    from arlkit.eval.compare import _distinct
+
+    assert _distinct(["manifest", "manifest", "manifest-2"]) == ["manifest", "manifest-3", "manifest-2"]
+    assert _distinct(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
+
+
+@given(st.lists(st.sampled_from(["m", "m-2", "m-3", "x"]), max_size=8))
+def test_distinct_names_are_distinct_and_keep_first_uses(names: list[str]) -> None:
+    from arlkit.eval.compare import _distinct
+
+    out = _distinct(names)
+    assert len(set(out)) == len(out) == len(names)
+    for i, (name, got) in enumerate(zip(names, out)):
+        if name not in names[:i]:  # a suffix never takes a name that is used as it is
+            assert got == name
+        else:
+            assert got.startswith(f"{name}-")
