@@ -161,9 +161,13 @@ class Conditioner(nn.Module):
     """Base of the built-in conditioners: ``forward(condition, batch_size) -> (B, dim)``.
 
     Subclasses implement :meth:`encode` on a canonical organ batch; :meth:`forward`
-    validates first. Third-party conditioners need only ``forward`` (the backbone calls it
-    with the whole condition, a mapping when the data gives side information) and, to be
-    fed side information in training and evaluation, ``condition_keys``.
+    validates first. A subclass that reads side information names it in
+    ``condition_keys`` and overrides :meth:`encode_condition`, which receives the whole
+    canonical condition; the backbone then validates and draws conditioning dropout once
+    per image, not once per block. Third-party conditioners need only ``forward`` (the
+    backbone calls it with the whole condition, a mapping when the data gives side
+    information) and, to be fed side information in training and evaluation,
+    ``condition_keys``.
 
     Args:
         dim: width ``C`` of the context vector.
@@ -186,6 +190,12 @@ class Conditioner(nn.Module):
         """Context vectors ``(B, dim)`` for a canonical batch (see :func:`canonical_organ`)."""
         raise NotImplementedError
 
+    def encode_condition(self, condition: Condition) -> torch.Tensor:
+        """Context vectors ``(B, dim)`` for a canonical condition: its organ already
+        validated (:func:`canonical_condition`) and dropped (:meth:`drop`). The organ alone
+        here; subclasses that read ``condition_keys`` override this."""
+        return self.encode(organ_of(condition))
+
     def drop(self, organ: torch.Tensor) -> torch.Tensor:
         """Conditioning dropout of a canonical batch: some labels become ``unknown``.
 
@@ -204,5 +214,7 @@ class Conditioner(nn.Module):
             UnknownOrganError, DataError: see :func:`canonical_organ`.
         """
         device = next(self.parameters()).device
-        organ = canonical_organ(organ_of(condition), batch_size, self.taxonomy, device)
-        return self.encode(self.drop(organ))
+        organ = self.drop(canonical_organ(organ_of(condition), batch_size, self.taxonomy, device))
+        if isinstance(condition, Mapping):
+            return self.encode_condition({**condition, "organ": organ})
+        return self.encode_condition(organ)

@@ -209,18 +209,22 @@ class ACDTBlock(nn.Module):
         re-validation and conditioning dropout (the backbone draws it once per image for
         all blocks, :meth:`arlkit.conditioners.base.Conditioner.drop`). An organ that is
         not in canonical form (names, ``(B, K)`` probabilities, another device) goes through
-        the conditioner's ``forward``, which validates it; conditioners that read side
-        information (``condition_keys``) and other conditioners receive the whole condition.
+        the conditioner's ``forward``, which validates it. Conditioners that read side
+        information (``condition_keys``) receive the whole condition: built-in subclasses
+        through :meth:`~arlkit.conditioners.base.Conditioner.encode_condition`, the others
+        (and subclasses that override only ``forward``) through ``forward``.
         """
         if self.conditioner is None:
             return None
         cond = self.conditioner
         if (
             isinstance(cond, Conditioner)
-            and not cond.condition_keys  # encode() sees the organ only
             and _is_canonical(organ_of(organ), cond, batch_size)
+            # a subclass that reads side information through forward() alone gets forward()
+            and (not cond.condition_keys
+                 or type(cond).encode_condition is not Conditioner.encode_condition)
         ):
-            return cond.encode(organ_of(organ))
+            return cond.encode_condition(organ)
         return cond(organ, batch_size)
 
     def sample(

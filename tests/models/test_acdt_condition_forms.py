@@ -63,13 +63,43 @@ class _ProbeOneHot(OneHotConditioner):
         return super().forward(condition, batch_size) + self.probe(condition["probe"])
 
 
-def test_a_conditioner_subclass_reading_side_information_receives_it() -> None:
-    block = _block(_ProbeOneHot)
+class _ProbeSoft(SoftEmbeddingConditioner):
+    """Reads the probe the intended way: through encode_condition, counting drop() calls."""
+
+    condition_keys = ("probe",)
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, drop_prob=0.5)
+        self.probe = torch.nn.Embedding(3, dim)
+        self.drops = 0
+
+    def drop(self, organ: torch.Tensor) -> torch.Tensor:
+        self.drops += 1
+        return super().drop(organ)
+
+    def encode_condition(self, condition) -> torch.Tensor:
+        return self.encode(condition["organ"]) + self.probe(condition["probe"])
+
+
+@pytest.mark.parametrize("conditioner", [_ProbeOneHot, _ProbeSoft])
+def test_a_conditioner_subclass_reading_side_information_receives_it(conditioner) -> None:
+    block = _block(conditioner)
     x = torch.randn(1, 1 + GRID[0] * GRID[1], DIM, generator=torch.Generator().manual_seed(2))
     x = x.expand(2, -1, -1)
     organ = torch.tensor([3, 3])  # canonical: the backbone passes it so
     y = block(x, GRID, {"organ": organ, "probe": torch.tensor([0, 2])})
     assert (y[0] - y[1]).abs().max() > 1e-4  # same image and organ, different probe
+
+
+def test_side_information_through_encode_condition_keeps_one_dropout_draw_per_image() -> None:
+    # in training, the backbone draws conditioning dropout once per image (Conditioner.drop);
+    # a block given the canonical condition must not draw again
+    block = _block(_ProbeSoft).train()
+    x = torch.randn(2, 1 + GRID[0] * GRID[1], DIM)
+    block(x, GRID, {"organ": torch.tensor([3, 5]), "probe": torch.tensor([0, 2])})
+    assert block.conditioner.drops == 0
+    block(x, GRID, {"organ": ["thyroid", "liver"], "probe": torch.tensor([0, 2])})
+    assert block.conditioner.drops == 1  # not canonical: forward() validates and drops
 
 
 def test_an_offset_net_of_the_wrong_width_is_named() -> None:
