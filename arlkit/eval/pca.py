@@ -91,7 +91,7 @@ def patch_pca_rgb(
         raise ConfigError(f"pca: foreground must be a ({b}, {grid[0]}, {grid[1]}) bool mask of "
                           f"patches, got {tuple(foreground.shape)} {foreground.dtype}")
     else:
-        keep = foreground.reshape(b * n)  # (B·N,)
+        keep = foreground.reshape(b * n).to(tokens.device)  # (B·N,)
         if not keep.any():
             raise ConfigError("pca: the foreground mask marks no patch; nothing to fit the PCA on")
     fit = tokens.reshape(b * n, c).double()[keep]  # (F, C)
@@ -165,9 +165,11 @@ def pca_panels(
     if foreground not in FOREGROUND_MODES:
         raise ConfigError(f"pca: foreground must be one of {', '.join(FOREGROUND_MODES)}, "
                           f"got {foreground!r}")
-    if fov is not None and (fov.shape != images.shape or fov.dtype != torch.bool):
-        raise ConfigError(f"pca: fov must be a bool mask shaped like the images "
-                          f"{tuple(images.shape)}, got {tuple(fov.shape)} {fov.dtype}")
+    if fov is not None and fov.shape != images.shape:
+        raise ConfigError(f"pca: fov must be a mask shaped like the images "
+                          f"{tuple(images.shape)}, got {tuple(fov.shape)}")
+    if fov is not None:
+        fov = fov != 0  # a bool mask, or 0/1 numbers
     say = log or (lambda line: warnings.warn(line, stacklevel=3))
     if foreground == "fov" and fov is None:
         say("pca: no field-of-view masks given; the PCA is fitted on all patches")
@@ -216,7 +218,7 @@ def pca_figure(
         backbones: ``(name, model)`` pairs following the backbone contract.
         path: PNG to write.
         organs: ``(B,)`` organ indices passed to the backbones (None: unknown).
-        fov: ``(B, 1, H, W)`` bool field of view (the samples' ``"fov"``); outside it the
+        fov: ``(B, 1, H, W)`` field of view, bool or 0/1 (the samples' ``"fov"``); outside it the
             overlay is black.
         alpha: weight of the PCA colours over the grey image.
         titles: a label per row (e.g. the organ or class).

@@ -130,9 +130,16 @@ def test_bad_foreground_masks_are_named() -> None:
         patch_pca_rgb(torch.randn(1, 16, 4), (4, 4), torch.ones(1, 16, dtype=torch.bool))
     with pytest.raises(ConfigError, match="marks no patch"):
         patch_pca_rgb(torch.randn(1, 16, 4), (4, 4), torch.zeros(1, 4, 4, dtype=torch.bool))
-    with pytest.raises(ConfigError, match="fov must be a bool mask shaped like the images"):
+    with pytest.raises(ConfigError, match="fov must be a mask shaped like the images"):
         pca_panels(torch.rand(2, 1, 32, 32), [("a", Fixed(torch.randn(2, 16, 4)))],
                    fov=_fan()[:, :, :16], log=print)
+    # a 0/1 float mask means what the bool mask means
+    tokens = torch.randn(2, 16, 4)
+    as_bool = pca_panels(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
+                         [("a", Fixed(tokens))], fov=_fan(), log=print)
+    as_float = pca_panels(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
+                          [("a", Fixed(tokens))], fov=_fan().float(), log=print)
+    assert all((a[1] == b[1]).all() for a, b in zip(as_bool, as_float))
     with pytest.raises(ConfigError, match="foreground must be one of fov, all, got 'fan'"):
         pca_panels(torch.rand(2, 1, 32, 32), [("a", Fixed(torch.randn(2, 16, 4)))],
                    fov=_fan(), foreground="fan", log=print)
