@@ -27,8 +27,9 @@ Where this departs from DINO's ``DataAugmentationDINO`` on purpose: no solarisat
 the second global view (an inverted B-mode image is not an acquisition), one
 ``blur_prob`` for every view instead of DINO's 1.0 / 0.1 / 0.5, and crops resized bilinearly
 (antialiased when shrinking) rather than bicubically. Crop sampling and its fallback
-are torchvision's ``RandomResizedCrop``, with the area measured in the field of view's
-bounding box.
+follow torchvision's ``RandomResizedCrop``, with the area measured in the field of view's
+bounding box and one more test: a try must cover the field of view enough
+(``min_fov_fraction``), else the best-covered try is kept before the fallback.
 
 Determinism: ``views(sample, generator=g)`` draws everything from ``g`` (a
 ``torch.Generator``): the same generator state gives the same views. See

@@ -356,7 +356,7 @@ class PatchDistillationObjective(_DistillationObjective):
     Combine it with ``self_distillation`` for iBOT (the class-token loss then also sees the
     masked views). Without ``mim`` this objective draws the mask (``mask_*`` below); with
     ``mim`` in the recipe both read ``mim``'s mask, so one student pass serves all
-    objectives, and the ``mask_*`` parameters here are not used.
+    objectives, and the ``mask_*`` and ``min_block_patches`` parameters here are not used.
 
     Args:
         context: injected by the engine.

@@ -259,8 +259,9 @@ def fit_best_epoch(
         bad: records the unreadable training images (left out of their batches).
 
     Returns:
-        ``(best epoch, counted from 1 as in the log lines, score of every epoch (empty without ``score``), optimizer steps
-        taken)``.
+        ``(best epoch, scores, steps)``: the kept epoch counted from 1 (as in the log
+        lines), the score of every epoch (empty without ``score``) and the optimizer steps
+        taken.
 
     Raises:
         DataError: not one training image could be read.

@@ -29,8 +29,8 @@ the sample is taken at::
 
 with bilinear interpolation in which each of the four neighbouring pixels that lies outside
 ``[0, H-1] × [0, W-1]`` contributes zero. A sample at an infinite position (an offset that
-overflowed) lies wholly outside like any other; the reference and Numba ops treat a NaN
-position the same way. Stride is 1 and padding is "same", so zero offsets give exactly a
+overflowed) lies wholly outside like any other; the reference, Numba and Triton ops treat
+a NaN position the same way. Stride is 1 and padding is "same", so zero offsets give exactly a
 ``ks × ks`` convolution with zero padding. The result equals
 ``torchvision.ops.deform_conv2d(x, offset, weight.view(C_out, -1, ks, ks), mask=mask,
 padding=dilation * (ks - 1) // 2, dilation=dilation)``.

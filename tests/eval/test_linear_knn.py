@@ -136,30 +136,25 @@ def test_sweep_matches_torch_sgd() -> None:
     assert torch.allclose(ours.linear.bias, lin.bias, atol=1e-5)
 
 
-def _reference_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float,
-                        rows: int) -> torch.Tensor:
+def _reference_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float) -> torch.Tensor:
     """The same objective minimised independently (torch L-BFGS, float64): mean cross-entropy
-    plus ``wd / 2 · ‖W‖²`` on standardised features; ``rows`` logit rows (1 = logits ``[0, z]``,
-    as scikit-learn parametrises two classes; ``num_classes`` = the classifier's own weight ``W``,
-    the objective the docs state). Returns the logit function's weights and bias as one
-    ``(D + 1, num_classes)`` matrix."""
+    plus ``wd / 2 · ‖W‖²`` on standardised features, ``W`` the classifier's own
+    ``(num_classes, D)`` weight (the objective the docs state). Returns the logit function's
+    weights and bias as one ``(D + 1, num_classes)`` matrix."""
     z = (x - x.mean(0)) / x.std(0, unbiased=False)
     z = torch.cat([z, torch.ones(len(z), 1)], 1).double()
-    w = torch.zeros(z.shape[1], rows, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(z.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=2000, tolerance_grad=1e-12,
                             tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
-    def full(w: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(w), w], 1) if rows == 1 else w
-
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ full(w), y) + wd / 2 * (w[:-1] ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(z @ w, y) + wd / 2 * (w[:-1] ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return full(w.detach())
+    return w.detach()
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
@@ -176,7 +171,7 @@ def test_lbfgs_solver_minimises_the_stated_objective(num_classes: int) -> None:
     wd = 0.05
     (clf,), (converged,) = fit_logistic_many(x, y, num_classes, (wd,))
     assert converged
-    ref = _reference_logistic(x, y, num_classes, wd, rows=num_classes)
+    ref = _reference_logistic(x, y, num_classes, wd)
     zs = (x - x.mean(0)) / x.std(0, unbiased=False)
     expected = (torch.cat([zs, torch.ones(len(zs), 1)], 1).double() @ ref).softmax(-1)
     with torch.no_grad():
