@@ -12,7 +12,8 @@ least 2000 steps): the shipped quickstart reaches 0.833 / 0.833 / 0.828 on probe
 / 0.830). Re-run 2026-11-29 on the 2-core AMD EPYC VM, after the fix that keeps the trainer's
 thread count (a different float summation order): 0.820 against 0.820 on probe seed 0; re-run
 after the reference-fidelity fixes of the evening (LayerNorm eps 1e-6, among others): 0.8225
-against 0.8200. Trained 12× longer (2400 steps), the recipe still leaves breast within the
+against 0.8200; with the masks drawn from their own random stream (the next evening; only
+the MIM masks changed): 0.8375 against 0.8200 — what other masks alone move. Trained 12× longer (2400 steps), the recipe still leaves breast within the
 init-to-init spread (RESULTS.md, issue 7). At this toy scale (0.5 M parameters, ~3k images
 seen) pretraining does not yet beat random features by a margin that holds across seeds (every
 setting that moves the weights further did worse; see benchmarks/RESULTS.md, issue 7). The

@@ -23,6 +23,9 @@ from arlkit.engine.step import Step
 from arlkit.errors import ArlkitError
 from arlkit.models.ema import ema_update
 
+#: the tag of the global masks' random stream in ``seed_for(seed, step, *MASK_STREAM)``
+MASK_STREAM = (0x6D61736B, 0, 0)  # "mask"
+
 __all__ = ["TrainResult", "Trainer", "TrainingStopped"]
 
 
@@ -192,7 +195,9 @@ class Trainer:
                     global_clean, side)
 
     def _global_mask(self, n_global: int) -> torch.Tensor | None:
-        g = torch.Generator().manual_seed(seed_for(self.recipe.seed, self.step, 7))
+        # five parts: never a view seed (view_seed mixes three or four), whose stream for
+        # item 7 of epoch `step` the old (seed, step, 7) drew again
+        g = torch.Generator().manual_seed(seed_for(self.recipe.seed, self.step, *MASK_STREAM))
         for obj in self.c.objectives:
             mask = obj.make_mask(n_global * self.plan.global_batch, g)
             if mask is not None:

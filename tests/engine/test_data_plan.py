@@ -113,3 +113,13 @@ def test_share_cores_keeps_a_count_that_already_fits(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_mask_stream_is_no_views_stream():
+    # the trainer's masks at step s once drew the random stream of item 7's views in epoch s
+    from arlkit.data.sampler import view_seed
+    from arlkit.engine.trainer import MASK_STREAM
+
+    seeds = {view_seed(0, e, i, d) for e in range(20) for i in range(20) for d in range(3)}
+    assert not {seed_for(0, step, *MASK_STREAM) for step in range(20)} & seeds
+    assert len({seed_for(0, step, *MASK_STREAM) for step in range(20)}) == 20
