@@ -8,10 +8,10 @@ One decoder serves both encoder styles of the design tension in DESIGN.md §1:
   them into the grid and fills the holes with its own mask token.
 
 ``depth=0`` gives SimMIM's linear head; ``depth>0`` a light transformer (MAE's
-decoder). A sparse encoder needs ``depth>0``: a linear head sees each position alone,
-so at a masked one it would only see the mask token. Unlike MAE's decoder, the class
-token does not enter the decoder blocks, and the linear layers before ``last_layer``
-keep PyTorch's default initialisation (MAE: Xavier-uniform).
+decoder: the prefix tokens go through its blocks too, at a zero position embedding, and
+are dropped before the last layer; every linear layer starts Xavier-uniform with zero
+bias, as MAE's ``initialize_weights`` does). A sparse encoder needs ``depth>0``: a linear
+head sees each position alone, so at a masked one it would only see the mask token.
 
 The last layer, :attr:`MIMDecoder.last_layer`, is the shared parameter the adaptive
 balancer measures gradients against (VQGAN's adaptive weight).
@@ -96,10 +96,13 @@ class MIMDecoder(nn.Module):
         self.blocks = nn.Sequential(*[Block(dim, num_heads, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(width) if depth > 0 else nn.Identity()
         self.last_layer = nn.Linear(width, patch_size * patch_size * in_chans)
+        for module in self.modules():  # MAE's initialize_weights (LayerNorms stay 1 / 0)
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         if self.mask_token is not None:
             nn.init.normal_(self.mask_token, std=0.02)
-        nn.init.xavier_uniform_(self.last_layer.weight)
-        nn.init.zeros_(self.last_layer.bias)
 
     def forward(self, tokens: Tensor, grid: tuple[int, int], mask: Tensor | None = None) -> Tensor:
         """Reconstruct every patch.
@@ -113,8 +116,9 @@ class MIMDecoder(nn.Module):
         Returns:
             ``(B, N, P·P·C)`` predicted pixels.
         """
-        n = grid[0] * grid[1]
-        x = self.embed(tokens[:, self.num_prefix_tokens :])  # (B, T', D)
+        n, p = grid[0] * grid[1], self.num_prefix_tokens
+        x = self.embed(tokens)  # (B, P+T', D)
+        prefix, x = x[:, :p], x[:, p:]
         b, t, d = x.shape
         if t != n:
             if self.mask_token is None or mask is None or int((~mask[0]).sum()) != t:
@@ -123,8 +127,8 @@ class MIMDecoder(nn.Module):
             full[~mask] = x.reshape(-1, d)  # visible tokens back in patch order
             x = full
         if self.depth > 0:
-            x = x + sincos_2d(d, grid, x.device).to(x.dtype)
-            x = self.norm(self.blocks(x))
+            x = x + sincos_2d(d, grid, x.device).to(x.dtype)  # prefix tokens: position 0
+            x = self.norm(self.blocks(torch.cat([prefix, x], 1)))[:, p:]  # MAE's decoder
         return self.last_layer(x)
 
     def extra_repr(self) -> str:
