@@ -120,6 +120,14 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return [_url(fs, path) for _, path in sorted(found)]
 
 
+def step_of(path: str) -> int:
+    """The step of a checkpoint directory ``.../step-XXXXXXXX``."""
+    match = _NAME.match(path.rstrip("/").rsplit("/", 1)[-1])
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint directory (step-XXXXXXXX)")
+    return int(match.group(1))
+
+
 def find_latest(run_dir: str) -> str | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
@@ -135,12 +143,19 @@ def write_checkpoint(
 ) -> str:
     """Write a checkpoint atomically and delete all but the newest ``keep_last``.
 
+    Checkpoints of later steps than ``step`` are deleted first: they are what the run did
+    before it was resumed from an earlier checkpoint, and ``--resume`` would continue them
+    (or the pruning delete this one) instead of the run as it now goes on.
+
     Returns:
         the checkpoint directory.
     """
     fs, root = _fs(run_dir)
     base = f"{root.rstrip('/')}/checkpoints"
     final = f"{base}/step-{step:08d}"
+    for later in list_checkpoints(run_dir):
+        if step_of(later) > step:
+            _remove(later)
     weights = st_save(_flat_tensors(tensors), metadata=metadata or {})
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -154,7 +169,9 @@ def write_checkpoint(
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        shutil.rmtree(final, ignore_errors=True)
+        if os.path.exists(final):  # aside first: a half-deleted one never looks complete
+            shutil.rmtree(f"{final}.old.tmp", ignore_errors=True)
+            os.replace(final, f"{final}.old.tmp")
         os.replace(tmp, final)
     else:
         fs.makedirs(final, exist_ok=True)
@@ -164,13 +181,19 @@ def write_checkpoint(
         fs.pipe_file(f"{final}/state.pt", buffer.getvalue())
         fs.pipe_file(f"{final}/{MARKER}", b"")
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        ofs, opath = _fs(old)
-        ofs.rm(opath, recursive=True)
+        _remove(old)
     if _is_local(fs):  # leftovers of a run killed while writing
         for entry in os.listdir(base):
             if entry.endswith(".tmp"):
                 shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
     return _url(fs, final)
+
+
+def _remove(path: str) -> None:
+    """Delete a checkpoint, its marker first: one deleted halfway is not complete."""
+    fs, root = _fs(path)
+    fs.rm(f"{root.rstrip('/')}/{MARKER}")
+    fs.rm(root, recursive=True)
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:

@@ -170,6 +170,7 @@ def run_recipe(
         # the recipe's differences first: they say why the weights do not fit
         notes += check_resume_recipe(run_dir, recipe, resume_path, source, overrides,
                                      fits=misfit is None)
+        notes += rewind_notes(run_dir, resume_path)
         if misfit is not None:
             raise misfit
     if dry_run:
@@ -250,6 +251,29 @@ def run_recipe(
             return 130 if result.interrupted else 0
         finally:
             cleanup(dist_info)
+
+
+def rewind_notes(run_dir: str, resume_path: str) -> list[str]:
+    """A resume into a ``run_dir`` that holds checkpoints of later steps than the one resumed
+    (a rewind): they are the run before this resume, and the first checkpoint this run
+    writes deletes them (:func:`arlkit.engine.checkpoint.write_checkpoint`), so it is said
+    before training."""
+    from arlkit.engine import checkpoint as ckpt
+
+    try:
+        step = ckpt.step_of(resume_path)
+    except ValueError:
+        return []
+    later = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.step_of(p) > step]
+    if not later:
+        return []
+    names = ", ".join(p.rstrip("/").rsplit("/", 1)[-1] for p in later)
+    return [
+        f"note: resuming {run_dir} from step {step} while it holds later checkpoints ({names}): "
+        "they are the run before this resume, and this run's first checkpoint deletes them; "
+        "to keep them, continue in another run directory (run_dir=NEW --resume "
+        f"{resume_path})"
+    ]
 
 
 def schedule_notes(recipe: Any) -> list[str]:
