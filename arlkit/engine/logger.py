@@ -55,7 +55,8 @@ class RunLogger:
         self._tb = None
         if not enabled:
             return
-        self._metrics = fsspec.open(f"{run_dir.rstrip('/')}/metrics.jsonl", "a").open()
+        self._metrics_path = f"{run_dir.rstrip('/')}/metrics.jsonl"
+        self._metrics = fsspec.open(self._metrics_path, "a").open()
         use_rich = self.stream.isatty() if rich is None else rich
         if use_rich:
             from rich.console import Console
@@ -83,6 +84,23 @@ class RunLogger:
                     "pip install 'arlkit[tensorboard]' or set train.tensorboard=false"
                 ) from exc
             self._tb = SummaryWriter(log_dir=f"{run_dir.rstrip('/')}/tensorboard")
+
+    def resume_at(self, step: int) -> None:
+        """The run goes on after ``step`` (a resumed checkpoint): the ETA counts from here,
+        and ``metrics.jsonl`` drops the records of later steps, which the run before the
+        resume logged and this one logs again (so each step has one record)."""
+        self.start_step, self.start_time = step, time.perf_counter()
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+        if not self.enabled:
+            return
+        self._metrics.close()
+        with fsspec.open(self._metrics_path, "r") as handle:
+            kept = [line for line in handle.read().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+        with fsspec.open(self._metrics_path, "w") as handle:
+            handle.write("".join(f"{line}\n" for line in kept))
+        self._metrics = fsspec.open(self._metrics_path, "a").open()
 
     def log(self, step: int, metrics: dict[str, Any], show: bool = True) -> None:
         """Record metrics of ``step`` (1-based count of finished steps)."""

@@ -222,6 +222,7 @@ def run_recipe(
             for note in notes:
                 logger.message(note)
             if resume_path:
+                logger.resume_at(trainer.step)
                 logger.message(f"resumed from {resume_path} at step {trainer.step}")
             logger.message(f"training {plan_text}")
             bad_log = _bad_file_log(comps.dataset, run_dir, dist_info.is_main)

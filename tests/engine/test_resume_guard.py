@@ -82,9 +82,10 @@ def test_resume_with_the_runs_own_recipe_is_exact_and_may_change_bookkeeping(tra
             "name=renamed"]
     assert run_recipe(str(run / "recipe.resolved.yaml"), [f"run_dir={run}", *free],
                       resume="latest", stream=io.StringIO()) == 0
-    resumed = metrics(run)[len(straight):]
-    assert [r["step"] for r in resumed] == [2]
-    assert resumed[0]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
+    # one record per step: the resumed run's step 2 replaces the one logged before the resume
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+    assert metrics(run)[0] == straight[0]
+    assert metrics(run)[1]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-6)
     env = json.loads((run / "environment.json").read_text())
     assert env["resumed_from"].endswith("step-00000001")
     assert env["earlier"] == [first_env]  # the first session's environment is kept
