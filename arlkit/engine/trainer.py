@@ -217,6 +217,18 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop. Ctrl-C reaches the processes one by one (or
+        only one of them, with ``kill -INT``): they must all stop after the same step, or one
+        waits at the checkpoint's barrier while the others are in the next step's all-reduce.
+        """
+        if not self.dist.enabled:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self._stop_requested = bool(flag.item() > 0)
+        return self._stop_requested
+
     def _all_finite(self, value: torch.Tensor) -> bool:
         flag = torch.isfinite(value.detach()).all().float().reshape(1)
         if self.dist.enabled:
@@ -369,7 +381,7 @@ class Trainer:
                 self.logger.log(self.step, logs, show=show)
                 if self.step % recipe.train.ckpt_every == 0 or self.step == total:
                     self.save()
-                if self._stop_requested:
+                if self._stop_agreed():
                     if self.step % recipe.train.ckpt_every and self.step != total:
                         self.save()
                     result.interrupted = True

@@ -128,3 +128,44 @@ def test_a_batch_unreadable_on_one_process_is_skipped_by_all(toy, tmp_path):
                                       r"with no readable image", out)]
     assert len(ran) == 2 and ran[0] == ran[1] and 0 < ran[0] < 8, out
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == ran[0]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_ctrl_c_on_one_process_stops_all_after_the_same_step(toy, tmp_path):
+    """``kill -INT`` of one worker (or Ctrl-C reaching the workers at different moments): all
+    processes stop after the same step, which is checkpointed; none waits forever."""
+    run = tmp_path / "run"
+    overrides = toy("quickstart.yaml", steps=400, **{"train.ckpt_every": 1000}) + [
+        "data.batch_size=2"]
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m",
+           "arlkit", "run", str(RECIPES / "quickstart.yaml"), *overrides]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    metrics = run / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    rank1 = next(p for p in workers if "LOCAL_RANK=1" in pathlib.Path(
+        f"/proc/{p}/environ").read_bytes().replace(b"\0", b"\n").decode(errors="replace"))
+    os.kill(rank1, signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for pid in (*workers, proc.pid):  # the workers too: killing torchrun orphans them
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError("a process waited forever after the other one stopped") from None
+    assert "interrupted; continue with" in out, out  # rank 0 stopped too, and said so
+    latest = ckpt.find_latest(str(run))
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert latest is not None and latest.endswith(f"step-{steps[-1]:08d}"), (latest, steps)
+    assert steps[-1] < 400
