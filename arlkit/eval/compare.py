@@ -183,7 +183,7 @@ def plot_bars(rows: list[dict[str, Any]], path: str, metrics: Sequence[str]) -> 
     for ax, metric in zip(axes[0], shown):
         tasks = list(dict.fromkeys(r["task"] for r in sub if r["metric"] == metric))
         for j, b in enumerate(backbones):
-            xs, ys, err = [], [], [[], []]
+            xs, ys, spans = [], [], []
             for i, t in enumerate(tasks):
                 r = next((r for r in sub if (r["backbone"], r["task"], r["metric"]) == (b, t, metric)), None)
                 if r is None:
@@ -191,9 +191,14 @@ def plot_bars(rows: list[dict[str, Any]], path: str, metrics: Sequence[str]) -> 
                 v, lo, hi = _num(r["value"]), _num(r["low"]), _num(r["high"])
                 xs.append(i - 0.4 + width * (j + 0.5))
                 ys.append(v)
-                err[0].append(max(0.0, v - lo) if lo == lo else 0.0)
-                err[1].append(max(0.0, hi - v) if hi == hi else 0.0)
-            ax.bar(xs, ys, width, yerr=err, capsize=3, label=b)
+                if lo == lo and hi == hi:  # no interval without both bounds (--n-boot 0)
+                    spans.append((xs[-1], lo, hi))
+            ax.bar(xs, ys, width, label=b)
+            # the interval as it is: a percentile bootstrap interval need not contain its
+            # point estimate, which yerr (offsets from the bar's top) cannot draw
+            for x, lo, hi in spans:
+                ax.vlines(x, lo, hi, colors="black", linewidth=1)
+                ax.hlines([lo, hi], x - width / 6, x + width / 6, colors="black", linewidth=1)
         ax.set_xticks(range(len(tasks)), tasks, rotation=20)
         ax.set_title(metric)
         ax.set_ylim(0, 1.18)  # headroom for the legend

@@ -7,6 +7,7 @@ import json
 import math
 import pathlib
 
+import pytest
 from eval_helpers import labelled_rows, write_manifest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -88,3 +89,30 @@ def test_distinct_names_are_distinct_and_keep_first_uses(names: list[str]) -> No
             assert got == name
         else:
             assert got.startswith(f"{name}-")
+
+
+def test_bars_draw_each_bootstrap_interval_where_it_lies(tmp_path: pathlib.Path,
+                                                         monkeypatch) -> None:
+    """The drawn interval is [low, high] even when the point estimate lies outside it (a
+    percentile bootstrap interval need not contain it); no interval without bounds."""
+    import matplotlib.figure
+
+    from arlkit.eval.compare import plot_bars
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: drawn.append(fig))
+    rows = [
+        {"backbone": "a", "task": "t", "metric": "accuracy", "fraction": 1.0,
+         "value": 0.9, "low": 0.6, "high": 0.8},  # the estimate above its interval
+        {"backbone": "b", "task": "t", "metric": "accuracy", "fraction": 1.0,
+         "value": 0.7, "low": None, "high": None},  # --n-boot 0
+    ]
+    plot_bars(rows, str(tmp_path / "bars.png"), ["accuracy"])
+    (fig,) = drawn
+    ax = fig.axes[0]
+    vertical = [seg for c in ax.collections for seg in c.get_segments()
+                if abs(seg[0][0] - seg[1][0]) < 1e-12]
+    assert len(vertical) == 1  # one interval: b has none
+    assert sorted(p[1] for p in vertical[0]) == pytest.approx([0.6, 0.8])
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.9, 0.7]
