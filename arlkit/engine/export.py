@@ -10,6 +10,7 @@ pretrained_cfg_overlay=dict(file=path))`` because the tensor names are the model
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import fsspec
@@ -55,7 +56,11 @@ def build_backbone(config: dict[str, Any], registries: Any = None) -> nn.Module:
 def export_backbone(
     backbone: nn.Module, config: dict[str, Any], path: str, extra: dict[str, str] | None = None
 ) -> str:
-    """Write ``backbone``'s weights and ``config`` to one safetensors file."""
+    """Write ``backbone``'s weights and ``config`` to one safetensors file.
+
+    A local file is written beside its destination and then renamed over it, so a run
+    killed while exporting leaves the previous file (or none), never a truncated one.
+    """
     import arlkit
 
     tensors = {k: v.detach().to("cpu").contiguous().clone()
@@ -66,8 +71,24 @@ def export_backbone(
         "config": json.dumps(config),
         **(extra or {}),
     }
-    with fsspec.open(path, "wb") as handle:
-        handle.write(st_save(tensors, metadata=metadata))
+    data = st_save(tensors, metadata=metadata)
+    fs, root = fsspec.core.url_to_fs(path)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" not in protocols:  # object stores write an object whole
+        with fsspec.open(path, "wb") as handle:
+            handle.write(data)
+        return path
+    os.makedirs(os.path.dirname(root) or ".", exist_ok=True)  # as fsspec.open("wb") does
+    tmp = f"{root}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, root)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

@@ -40,3 +40,38 @@ def test_an_export_whose_weights_do_not_fit_its_metadata_is_named(tmp_path, hear
     with pytest.raises(ArlkitError, match=r"edited.safetensors: its weights do not fit the "
                                           r"architecture its metadata records \(.*size mismatch"):
         export.load_backbone(edited)
+
+
+def test_an_export_killed_while_writing_leaves_the_previous_file(tmp_path, monkeypatch):
+    """The file is written beside its destination and renamed over it: a run killed during
+    the write leaves the earlier export whole (and no stray temporary file)."""
+    import os
+
+    import torch
+
+    from arlkit.engine import export
+
+    config = {
+        "backbone": {"name": "avit", "params": {"size": "tiny", "depth": 1, "img_size": 32}},
+        "conditioner": {"name": "onehot", "params": {}},
+        "deform_op": {"name": "reference", "params": {}},
+        "offset_net": {"name": "dwconv", "params": {}},
+        "taxonomy": ["heart", "liver"],
+    }
+    model = export.build_backbone(config)
+    path = str(tmp_path / "sub" / "backbone.safetensors")  # the folder is made, as before
+    export.export_backbone(model, config, path)
+    before = open(path, "rb").read()
+
+    def killed(fd):
+        raise KeyboardInterrupt  # the process dies before the data is on disk
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_backbone(model, config, path)
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path / "sub") == ["backbone.safetensors"]
+    export.read_export(path)  # still a complete export
