@@ -42,7 +42,8 @@ def test_an_export_whose_weights_do_not_fit_its_metadata_is_named(tmp_path, hear
         export.load_backbone(edited)
 
 
-def test_an_export_killed_while_writing_leaves_the_previous_file(tmp_path, monkeypatch):
+def test_an_export_killed_while_writing_leaves_the_previous_file(heart_liver_export, tmp_path,
+                                                                 monkeypatch):
     """The file is written beside its destination and renamed over it: a run killed during
     the write leaves the earlier export whole (and no stray temporary file)."""
     import os
@@ -51,13 +52,7 @@ def test_an_export_killed_while_writing_leaves_the_previous_file(tmp_path, monke
 
     from arlkit.engine import export
 
-    config = {
-        "backbone": {"name": "avit", "params": {"size": "tiny", "depth": 1, "img_size": 32}},
-        "conditioner": {"name": "onehot", "params": {}},
-        "deform_op": {"name": "reference", "params": {}},
-        "offset_net": {"name": "dwconv", "params": {}},
-        "taxonomy": ["heart", "liver"],
-    }
+    _, config = heart_liver_export
     model = export.build_backbone(config)
     path = str(tmp_path / "sub" / "backbone.safetensors")  # the folder is made, as before
     export.export_backbone(model, config, path)
