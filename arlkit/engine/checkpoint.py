@@ -48,12 +48,13 @@ def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(path)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local file system (where a rename is atomic)."""
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _flat_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,6 +129,11 @@ def step_of(path: str) -> int:
     return int(match.group(1))
 
 
+def checkpoints_after(run_dir: str, step: int) -> list[str]:
+    """Complete checkpoints of ``run_dir`` of later steps than ``step``, oldest first."""
+    return [p for p in list_checkpoints(run_dir) if step_of(p) > step]
+
+
 def find_latest(run_dir: str) -> str | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
@@ -153,13 +159,12 @@ def write_checkpoint(
     fs, root = _fs(run_dir)
     base = f"{root.rstrip('/')}/checkpoints"
     final = f"{base}/step-{step:08d}"
-    for later in list_checkpoints(run_dir):
-        if step_of(later) > step:
-            _remove(later)
+    for later in checkpoints_after(run_dir, step):
+        _remove(later)
     weights = st_save(_flat_tensors(tensors), metadata=metadata or {})
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    if _is_local(fs):
+    if is_local(fs):
         tmp = f"{final}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -182,7 +187,7 @@ def write_checkpoint(
         fs.pipe_file(f"{final}/{MARKER}", b"")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         _remove(old)
-    if _is_local(fs):  # leftovers of a run killed while writing
+    if is_local(fs):  # leftovers of a run killed while writing
         for entry in os.listdir(base):
             if entry.endswith(".tmp"):
                 shutil.rmtree(os.path.join(base, entry), ignore_errors=True)

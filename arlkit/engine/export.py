@@ -71,10 +71,11 @@ def export_backbone(
         "config": json.dumps(config),
         **(extra or {}),
     }
+    from arlkit.engine.checkpoint import is_local
+
     data = st_save(tensors, metadata=metadata)
     fs, root = fsspec.core.url_to_fs(path)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" not in protocols:  # object stores write an object whole
+    if not is_local(fs):  # object stores write an object whole
         with fsspec.open(path, "wb") as handle:
             handle.write(data)
         return path

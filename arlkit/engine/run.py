@@ -265,7 +265,7 @@ def rewind_notes(run_dir: str, resume_path: str) -> list[str]:
         step = ckpt.step_of(resume_path)
     except ValueError:
         return []
-    later = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.step_of(p) > step]
+    later = ckpt.checkpoints_after(run_dir, step)
     if not later:
         return []
     names = ", ".join(p.rstrip("/").rsplit("/", 1)[-1] for p in later)

@@ -210,23 +210,22 @@ class Trainer:
         Such a step is skipped by all processes alike: a process that skipped alone would
         leave the others waiting in their gradient all-reduce.
         """
-        empty = any(b["n"] == 0 for b in micro_batches)
+        return self._any_process(any(b["n"] == 0 for b in micro_batches))
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process (one all-reduce; none without DDP)."""
         if not self.dist.enabled:  # no tensor, no device synchronisation
-            return empty
-        flag = torch.tensor([float(empty)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item() > 0)
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop. Ctrl-C reaches the processes one by one (or
         only one of them, with ``kill -INT``): they must all stop after the same step, or one
         waits at the checkpoint's barrier while the others are in the next step's all-reduce.
         """
-        if not self.dist.enabled:
-            return self._stop_requested
-        flag = torch.tensor([float(self._stop_requested)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self._stop_requested = bool(flag.item() > 0)
+        self._stop_requested = self._any_process(self._stop_requested)
         return self._stop_requested
 
     def _all_finite(self, value: torch.Tensor) -> bool:

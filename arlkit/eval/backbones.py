@@ -39,6 +39,7 @@ __all__ = [
     "checkpoint_backbone",
     "has_teacher",
     "resolve_backbone",
+    "unsaved_buffers",
 ]
 
 #: Architecture of ``--backbone random`` when ``--arch`` is not given (relative to the cwd).
@@ -253,9 +254,28 @@ def resolve_backbone(spec: str, arch: str | None = None, seed: int = 0) -> Resol
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-1 of the class name and every parameter and buffer (keys features caches)."""
-    digest = hashlib.sha1(type(model).__name__.encode())
-    for key, value in sorted(model.state_dict().items()):
+    """SHA-1 of the class name and every parameter and buffer of the state dict (keys
+    features caches; see :func:`unsaved_buffers` for the buffers it leaves out)."""
+    return _digest(type(model).__name__, model.state_dict().items())
+
+
+def unsaved_buffers(model: nn.Module) -> str | None:
+    """Digest of the buffers a state dict leaves out, or None when there are none.
+
+    Part of the feature-cache key beside :func:`backbone_fingerprint`: a timm backbone
+    normalises its input with the mean and std of the model name's ``pretrained_cfg``
+    (non-persistent buffers), so one weights file read as ``timm:vit_small_patch16_224`` or
+    ``timm:vit_small_patch16_224.dino`` gives other features.
+    """
+    saved = set(model.state_dict())
+    extra = [(n, b) for n, b in model.named_buffers() if n not in saved]
+    return _digest("", extra)[:20] if extra else None
+
+
+def _digest(prefix: str, tensors: Any) -> str:
+    """SHA-1 of ``prefix`` and ``(name, tensor)`` pairs in name order (names, shapes, values)."""
+    digest = hashlib.sha1(prefix.encode())
+    for key, value in sorted(tensors, key=lambda item: item[0]):
         digest.update(key.encode())
         digest.update(str(tuple(value.shape)).encode())
         digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -34,6 +34,7 @@ from torch import nn
 
 from arlkit.data.condition import batch_condition, condition_keys
 from arlkit.errors import ConfigError
+from arlkit.eval.features import eval_mode
 
 __all__ = ["FOREGROUND_MODES", "fov_patches", "patch_pca_rgb", "pca_figure", "pca_panels"]
 
@@ -127,8 +128,8 @@ def _backbone_rgb(
         empty = ~fg.flatten(1).any(1)
         fallback = empty.nonzero().flatten().tolist()
         fg[empty] = True
-    model.eval()
-    tokens = model.forward_features(images, organs)  # (B, prefix+N, C)
+    with eval_mode(model):
+        tokens = model.forward_features(images, organs)  # (B, prefix+N, C)
     tokens = tokens[:, int(model.num_prefix_tokens):]
     rgb = patch_pca_rgb(tokens, (h // p, w // p), fg.to(tokens.device)).cpu()
     up = F.interpolate(torch.cat([rgb, fg[:, None].float()], 1), size=(h, w), mode="nearest")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint
+from arlkit.eval.backbones import ResolvedBackbone, backbone_fingerprint, unsaved_buffers
 from arlkit.eval.config import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -30,8 +30,7 @@ from arlkit.eval.features import cached_features
 from arlkit.eval.metrics import classification_metrics, segmentation_metrics
 from arlkit.eval.splits import label_fraction_indices
 
-__all__ = ["format_metrics", "run_classification", "run_segmentation", "split_rows",
-           "unsaved_buffers"]
+__all__ = ["format_metrics", "run_classification", "run_segmentation", "split_rows"]
 
 Log = Callable[[str], None]
 
@@ -70,25 +69,6 @@ def split_rows(dataset: Any) -> str | None:
     if indices is None:
         return None
     return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()[:20]
-
-
-def unsaved_buffers(model: torch.nn.Module) -> str | None:
-    """Digest of the buffers a state dict leaves out, or None when there are none.
-
-    Part of the feature-cache key beside :func:`backbone_fingerprint`, which hashes the
-    state dict only: a timm backbone normalises its input with the mean and std of the
-    model name's ``pretrained_cfg`` (non-persistent buffers), so one weights file read as
-    ``timm:vit_small_patch16_224`` or ``timm:vit_small_patch16_224.dino`` gives other features.
-    """
-    saved = set(model.state_dict())
-    extra = sorted(((n, b) for n, b in model.named_buffers() if n not in saved), key=lambda t: t[0])
-    if not extra:
-        return None
-    digest = hashlib.sha1()
-    for name, buf in extra:
-        digest.update(name.encode())
-        digest.update(buf.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
 
 
 def run_classification(cfg: EvalConfig, bb: ResolvedBackbone, data: EvalData, device: torch.device,

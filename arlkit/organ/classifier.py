@@ -104,9 +104,8 @@ def stack_samples(
     rows = list(range(len(dataset))) if indices is None else list(indices)
     if not rows:
         raise DataError(f"{where}: no images (empty manifest or selection); add labelled rows")
-    samples = [dataset[int(i)] for i in rows]
-    bad: list[tuple[str, str]] = []
-    samples = readable(samples, bad)
+    bad: list[tuple[str, str]] = []  # this selection's, for the error below
+    samples = readable([dataset[int(i)] for i in rows], bad)
     if bad_files is not None:
         bad_files.extend(bad)
     if groups is not None:
