@@ -224,9 +224,15 @@ class Trainer:
         """Whether any process was asked to stop. Ctrl-C reaches the processes one by one (or
         only one of them, with ``kill -INT``): they must all stop after the same step, or one
         waits at the checkpoint's barrier while the others are in the next step's all-reduce.
+
+        The decision is the all-reduced value alone. A request that arrives while it is being
+        reduced (the handler runs as the blocking call returns) is kept for the next step:
+        assigning the reduced value over the flag would lose it, and that process would train
+        to the end.
         """
-        self._stop_requested = self._any_process(self._stop_requested)
-        return self._stop_requested
+        agreed = self._any_process(self._stop_requested)
+        self._stop_requested = self._stop_requested or agreed
+        return agreed
 
     def _all_finite(self, value: torch.Tensor) -> bool:
         flag = torch.isfinite(value.detach()).all().float().reshape(1)

@@ -169,3 +169,33 @@ def test_ctrl_c_on_one_process_stops_all_after_the_same_step(toy, tmp_path):
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert latest is not None and latest.endswith(f"step-{steps[-1]:08d}"), (latest, steps)
     assert steps[-1] < 400
+
+
+def test_a_ctrl_c_arriving_during_the_stop_agreement_is_kept(toy, tmp_path, monkeypatch):
+    """Under DDP the SIGINT handler mostly runs as a blocking all-reduce returns, and so often
+    while the processes agree on stopping: that request must stop the run after the next step,
+    not be overwritten by the reduced "no" (the process then trained to the end)."""
+    import io
+
+    from arlkit.engine.run import run_recipe
+    from arlkit.engine.trainer import Trainer
+
+    original = Trainer._any_process
+    fired = []
+
+    def any_process(self, flag):
+        agreed = original(self, flag)
+        if self.step == 2 and not fired:  # the first call after step 2: the stop agreement
+            fired.append(flag)
+            self._on_sigint(signal.SIGINT, None)  # Ctrl-C lands inside the reduction
+        return agreed
+
+    monkeypatch.setattr(Trainer, "_any_process", any_process)
+    run = tmp_path / "run"
+    code = run_recipe(str(RECIPES / "quickstart.yaml"), toy("quickstart.yaml", steps=6),
+                      stream=io.StringIO())
+    assert fired == [False]
+    assert code == 130
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # agreed after step 3, the next step
+    assert ckpt.find_latest(str(run)).endswith("step-00000003")
