@@ -70,7 +70,14 @@ def _flat_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def capture_rng() -> dict[str, Any]:
-    """RNG states of python, numpy, torch and CUDA as plain types and tensors."""
+    """RNG states of python, numpy, torch and CUDA as plain types and tensors.
+
+    CUDA: the state of this process's current device only, as a one-element list. Every
+    process seeds alike and draws alike, and only rank 0 writes, so its device's state is the
+    state every rank restores onto its own device. (The states of all visible devices, read in
+    rank 0's process, held untouched generators for the other ranks' devices, and a checkpoint
+    from more GPUs than a machine has could not be restored there.)
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -83,7 +90,7 @@ def capture_rng() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [torch.cuda.get_rng_state()]
     return state
 
 
@@ -95,8 +102,9 @@ def restore_rng(state: dict[str, Any]) -> None:
          npst["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():
+        # element 0: rank 0's device (older checkpoints list every visible device)
+        torch.cuda.set_rng_state(state["cuda"][0])
 
 
 def _as_tuple(value: Any) -> Any:

@@ -38,6 +38,10 @@ def setup(device: torch.device) -> DistInfo:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        # NCCL's barrier and the CUDA RNG use the current device: without this every process
+        # would put a context on GPU 0 (as DINO's and MAE's launchers do, set it first)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)

@@ -60,6 +60,52 @@ def test_rng_capture_restore_reproduces_draws():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
+class FakeCuda:
+    """``torch.cuda`` of a machine with ``n`` GPUs, this process on ``current`` (no GPU here)."""
+
+    def __init__(self, n: int, current: int):
+        self.n, self.current, self.states = n, current, {i: torch.tensor([i]) for i in range(n)}
+
+    def patch(self, monkeypatch):
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(cuda, "get_rng_state", lambda device="cuda": self.states[self.current])
+        monkeypatch.setattr(cuda, "get_rng_state_all", lambda: list(self.states.values()))
+
+        def set_state(new, device="cuda"):
+            self.states[self.current] = new
+
+        def set_all(new):
+            for i, value in enumerate(new):
+                if i >= self.n:
+                    raise RuntimeError(f"invalid device ordinal {i}")
+                self.states[i] = value
+
+        monkeypatch.setattr(cuda, "set_rng_state", set_state)
+        monkeypatch.setattr(cuda, "set_rng_state_all", set_all)
+
+
+def test_cuda_rng_is_rank_0s_device_restored_onto_each_ranks_own(monkeypatch):
+    """Rank 0 writes: the saved CUDA state is its own device's, and rank r restores it onto
+    device r (every rank seeds and draws alike); a checkpoint of an 8-GPU run restores on one."""
+    rank0 = FakeCuda(8, current=0)
+    rank0.states[0] = torch.tensor([42])  # rank 0's generator has drawn; the others are untouched
+    rank0.patch(monkeypatch)
+    saved = ckpt.capture_rng()
+    assert [t.tolist() for t in saved["cuda"]] == [[42]]
+    rank3 = FakeCuda(8, current=3)
+    rank3.patch(monkeypatch)
+    ckpt.restore_rng(saved)
+    assert rank3.states[3].tolist() == [42]
+    assert rank3.states[0].tolist() == [0]  # another rank's device is not touched
+    single = FakeCuda(1, current=0)
+    single.patch(monkeypatch)
+    older = dict(saved, cuda=[torch.tensor([7])] + [torch.tensor([i]) for i in range(1, 8)])
+    ckpt.restore_rng(older)  # checkpoints before 2026-11-29 list every visible device
+    assert [t.tolist() for t in single.states.values()] == [[7]]
+
+
 def test_memory_filesystem_run_dir():
     run = "memory://runs/ck"
     path = ckpt.write_checkpoint(run, 5, {"w": torch.ones(3)}, {"step": 5})
