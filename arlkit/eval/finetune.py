@@ -144,7 +144,7 @@ class Classifier(nn.Module):
         self.backbone, self.pool, self.use_organ = backbone, pool, use_organ
         dim = backbone.embed_dim * (2 if pool == "cls+avg" else 1)
         self.head = nn.Linear(dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # as MAE's main_finetune.py
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, organ: Any = None) -> torch.Tensor:

@@ -80,6 +80,18 @@ def test_classifier_refuses_an_unknown_pool_when_built() -> None:
         Classifier(tiny_backbone(), 2, pool="mean")
 
 
+def test_the_fine_tuning_head_starts_near_zero_as_in_mae() -> None:
+    """MAE's main_finetune.py starts the head at std 2e-5: the first predictions are uniform
+    and the first gradients reach the backbone scaled down, so a pretrained backbone is not
+    pulled about by a random head (std 0.01, the linear-probe value, gave logits of ~0.1)."""
+    torch.manual_seed(0)
+    model = Classifier(tiny_backbone(), 3)
+    assert model.head.weight.std().item() == pytest.approx(2e-5, rel=0.1)
+    logits = model(torch.randn(4, 1, 32, 32))
+    assert logits.abs().max().item() < 1e-3
+    assert torch.allclose(logits.softmax(-1), torch.full((4, 3), 1 / 3), atol=1e-3)
+
+
 def test_drop_path_rises_over_blocks() -> None:
     bb = tiny_backbone()
     set_drop_path(bb, 0.2)
