@@ -21,7 +21,7 @@ import random
 import re
 import shutil
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import fsspec
@@ -33,11 +33,16 @@ from safetensors.torch import save as st_save
 __all__ = [
     "capture_rng",
     "check_fits",
+    "checkpoints_after",
     "find_latest",
+    "is_local",
     "list_checkpoints",
     "read_checkpoint",
     "restore_rng",
+    "safetensors_header",
+    "step_of",
     "write_checkpoint",
+    "write_synced",
 ]
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -178,10 +183,7 @@ def write_checkpoint(
         os.makedirs(tmp)
         for name, data in (("model.safetensors", weights), ("state.pt", buffer.getvalue()),
                            (MARKER, b"")):
-            with open(os.path.join(tmp, name), "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_synced(os.path.join(tmp, name), data)
         if os.path.exists(final):  # aside first: a half-deleted one never looks complete
             shutil.rmtree(f"{final}.old.tmp", ignore_errors=True)
             os.replace(final, f"{final}.old.tmp")
@@ -200,6 +202,15 @@ def write_checkpoint(
             if entry.endswith(".tmp"):
                 shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
     return _url(fs, final)
+
+
+def write_synced(path: str, data: bytes) -> None:
+    """Write ``data`` to the local file ``path`` and flush it to the disk before returning,
+    so a rename that follows never publishes a file whose bytes are still in flight."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _remove(path: str) -> None:
@@ -223,16 +234,27 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any],
     with fs.open(f"{root}/model.safetensors", "rb") as handle:
         raw = handle.read()
     tensors = st_load(raw)
-    metadata = _safetensors_metadata(raw)
+    metadata = dict(safetensors_header(io.BytesIO(raw).read).get("__metadata__", {}))
     with fs.open(f"{root}/state.pt", "rb") as handle:
         state = torch.load(io.BytesIO(handle.read()), weights_only=True, map_location="cpu")
     return tensors, state, metadata
 
 
-def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + size])
-    return dict(header.get("__metadata__", {}))
+def safetensors_header(read: Callable[[int], bytes]) -> dict[str, Any]:
+    """The JSON header of a safetensors file from its first bytes (``read(n)``: the open
+    file's ``read``, so a large file is not read whole): an 8-byte little-endian length,
+    then the header (tensor names, dtypes, shapes and ``__metadata__``).
+
+    Raises:
+        ValueError: not a safetensors header.
+    """
+    try:
+        (size,) = struct.unpack("<Q", read(8))
+    except struct.error as exc:
+        raise ValueError(f"no safetensors header ({exc})") from None
+    if size > 100_000_000:
+        raise ValueError(f"a header of {size} bytes is not a safetensors header")
+    return json.loads(read(size))
 
 
 def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
@@ -243,10 +265,9 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     weights = f"{root.rstrip('/')}/model.safetensors"
     try:
         with fs.open(weights, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
+            header = safetensors_header(handle.read)
         return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArlkitError(
             f"{path}: cannot read the weights of the checkpoint ({type(exc).__name__}: {exc}); "
             "the checkpoint is damaged — resume from another checkpoints/step-XXXXXXXX"

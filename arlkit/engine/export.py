@@ -19,6 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from arlkit.engine.checkpoint import is_local, safetensors_header, write_synced
 from arlkit.errors import ArlkitError, ConfigError
 from arlkit.taxonomy import Taxonomy
 
@@ -71,8 +72,6 @@ def export_backbone(
         "config": json.dumps(config),
         **(extra or {}),
     }
-    from arlkit.engine.checkpoint import is_local
-
     data = st_save(tensors, metadata=metadata)
     fs, root = fsspec.core.url_to_fs(path)
     if not is_local(fs):  # object stores write an object whole
@@ -82,10 +81,7 @@ def export_backbone(
     os.makedirs(os.path.dirname(root) or ".", exist_ok=True)  # as fsspec.open("wb") does
     tmp = f"{root}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, root)
     finally:
         if os.path.exists(tmp):
@@ -104,30 +100,12 @@ def _check_out(out: str) -> None:
                           f"{out.rstrip('/')}/backbone.safetensors")
     try:  # the header only: an export of a large backbone is not read whole
         with fs.open(path, "rb") as handle:
-            ours = _metadata(handle.read).get("format") == FORMAT
+            ours = safetensors_header(handle.read).get("__metadata__", {}).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
         raise ConfigError(f"--out {out}: the file exists and is not an arlkit backbone export, "
                           "so it is not written over; choose another --out or remove it")
-
-
-def _metadata(read: Any) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file from its first bytes (``read(n)``: the
-    file's ``read``): an 8-byte little-endian header length, then the JSON header.
-
-    Raises:
-        ValueError: not a safetensors header.
-    """
-    import struct
-
-    try:
-        (size,) = struct.unpack("<Q", read(8))
-    except struct.error as exc:
-        raise ValueError(f"no safetensors header ({exc})") from None
-    if size > 100_000_000:
-        raise ValueError(f"a header of {size} bytes is not a safetensors header")
-    return json.loads(read(size)).get("__metadata__", {})
 
 
 def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
@@ -140,7 +118,7 @@ def read_export(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dic
     except FileNotFoundError:
         raise ArlkitError(f"{path}: no such exported backbone") from None
     try:
-        metadata = _metadata(io.BytesIO(raw).read)
+        metadata = safetensors_header(io.BytesIO(raw).read).get("__metadata__", {})
         tensors = st_load(raw)
     except Exception as exc:  # any parse failure of a foreign file
         raise ArlkitError(f"{path}: not a safetensors file ({exc})") from None
